@@ -1,0 +1,120 @@
+"""Demo tasks: cheap, deterministic, and each exercising one part of the orchestrator."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from typing import Any
+
+from pydantic import Field
+
+from orchestrator.context import RunContext
+from orchestrator.registry import TaskParams, task
+
+
+class QuadraticParams(TaskParams):
+    x: float
+    y: float = 0.0
+    noise: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+@task("demo.quadratic", params=QuadraticParams)
+def quadratic(params: QuadraticParams, ctx: RunContext) -> dict[str, Any]:
+    """loss = (x - 1)^2 + (y + 2)^2 plus seeded Gaussian noise: a surface with a known minimum."""
+    rng = random.Random(ctx.seed)
+    loss = (params.x - 1.0) ** 2 + (params.y + 2.0) ** 2 + params.noise * rng.gauss(0.0, 1.0)
+    return {"loss": loss}
+
+
+class NoopParams(TaskParams):
+    i: int = 0
+
+
+@task("demo.noop", params=NoopParams)
+def noop(params: NoopParams, ctx: RunContext) -> dict[str, Any]:
+    """Returns its index: the cheapest possible run (overhead benchmarks)."""
+    return {"value": params.i}
+
+
+class SleepParams(TaskParams):
+    i: int = 0
+    seconds: float = Field(0.1, ge=0)
+
+
+@task("demo.sleep", params=SleepParams)
+def sleep(params: SleepParams, ctx: RunContext) -> dict[str, Any]:
+    """Sleeps, then reports when and where it ran (concurrency and placement tests)."""
+    start = time.time()
+    time.sleep(params.seconds)
+    return {
+        "value": params.i * params.i,
+        "t_start": start,
+        "t_end": time.time(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "gpu_ids": ",".join(str(g) for g in ctx.gpu_ids),
+        "device": ctx.device,
+    }
+
+
+class FlakyParams(TaskParams):
+    i: int
+    fail_if_divisible_by: int = Field(0, ge=0)
+    fail_while_file_exists: str | None = None
+
+
+@task("demo.flaky", params=FlakyParams)
+def flaky(params: FlakyParams, ctx: RunContext) -> dict[str, Any]:
+    """Raises for chosen inputs (every k-th, or while a marker file exists): failure handling tests."""
+    divisor = params.fail_if_divisible_by
+    if divisor and params.i % divisor == 0:
+        if params.fail_while_file_exists is None or os.path.exists(params.fail_while_file_exists):
+            raise ValueError(f"planted failure for i={params.i}")
+    return {"value": params.i * 10}
+
+
+class AllocateParams(TaskParams):
+    megabytes: int = Field(ge=0)
+
+
+@task("demo.allocate", params=AllocateParams)
+def allocate(params: AllocateParams, ctx: RunContext) -> dict[str, Any]:
+    """Allocates and touches `megabytes` of memory (memory-limit tests)."""
+    block = bytearray(params.megabytes * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    return {"allocated_mb": params.megabytes}
+
+
+class VectorParams(TaskParams):
+    length: int = Field(ge=1)
+    scale: float = 1.0
+
+
+@task("demo.vector", params=VectorParams)
+def vector(params: VectorParams, ctx: RunContext) -> dict[str, Any]:
+    """Writes a seeded random vector as an .npy artifact (stage-dependency tests)."""
+    import numpy as np
+
+    values = np.random.default_rng(ctx.seed).normal(size=params.length) * params.scale
+    np.save(ctx.artifact_dir / "vector.npy", values)
+    return {"norm": float(np.linalg.norm(values))}
+
+
+class VectorSumParams(TaskParams):
+    length: int = Field(ge=1)
+    scale: float = 1.0
+    power: int = 1
+
+
+@task("demo.vector_sum", params=VectorSumParams)
+def vector_sum(params: VectorSumParams, ctx: RunContext) -> dict[str, Any]:
+    """Reads the upstream `vector` artifact with the same length and scale; sums its powers."""
+    import numpy as np
+
+    upstream = ctx.upstream_one("vectors")
+    values = np.load(upstream.artifact_dir / "vector.npy")
+    return {"total": float(np.sum(values**params.power)), "upstream_run": upstream.run_id}
