@@ -115,6 +115,6 @@ def vector_sum(params: VectorSumParams, ctx: RunContext) -> dict[str, Any]:
     """Reads the upstream `vector` artifact with the same length and scale; sums its powers."""
     import numpy as np
 
-    upstream = ctx.upstream_one("vectors")
+    upstream = ctx.upstream_one()
     values = np.load(upstream.artifact_dir / "vector.npy")
     return {"total": float(np.sum(values**params.power)), "upstream_run": upstream.run_id}
