@@ -281,9 +281,11 @@ def _validation_error(exc: ValidationError, source: SpecSource, prefix: KeyPath 
         message = f"unknown key '{path[-1]}'"
     elif first["type"] == "missing":
         message = f"missing required key '{path[-1]}'"
+    elif first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
     else:
         message = f"{message}, got {first.get('input')!r}"
-    return source.error(path, message.removeprefix("Value error, "))
+    return source.error(path, message)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:

@@ -46,7 +46,25 @@ class RunState:
     attempt: int
 
 
+# Columns the orchestrator writes, typed even when a batch holds only nulls (so parts concatenate).
+COLUMN_TYPES = {
+    "run_id": pa.string(), "sweep": pa.string(), "stage": pa.string(), "task": pa.string(),
+    "task_version": pa.int64(), "seed": pa.int64(), "status": pa.string(), "error_type": pa.string(),
+    "error": pa.string(), "traceback": pa.string(), "attempt": pa.int64(), "duration_s": pa.float64(),
+    "started_at": pa.timestamp("us", tz="UTC"), "node": pa.string(), "gpu": pa.string(),
+    "git_commit": pa.string(), "versions": pa.string(),
+}
+
+
 def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    table = _infer_table(rows)
+    for i, name in enumerate(table.column_names):
+        if name in COLUMN_TYPES and table.schema.field(i).type != COLUMN_TYPES[name]:
+            table = table.set_column(i, name, table.column(i).cast(COLUMN_TYPES[name]))
+    return table
+
+
+def _infer_table(rows: list[dict[str, Any]]) -> pa.Table:
     try:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -200,8 +218,9 @@ def latest_attempts(table: pa.Table) -> pa.Table:
     if "attempt" not in table.column_names:
         return table
     best = table.group_by("run_id").aggregate([("attempt", "max")])
-    joined = table.join(best, keys="run_id")
-    return joined.filter(pc.equal(joined["attempt"], joined["attempt_max"])).drop(["attempt_max"])
+    highest = dict(zip(best["run_id"].to_pylist(), best["attempt_max"].to_pylist()))
+    wanted = pa.array([highest[r] for r in table["run_id"].to_pylist()], table["attempt"].type)
+    return table.filter(pc.equal(table["attempt"], wanted))
 
 
 def load_results(root: str, sweep: str, stage: str, latest: bool = True) -> "Any":
