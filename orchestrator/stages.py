@@ -131,7 +131,7 @@ class Sweep:
         out = []
         for name in self.order:
             plan = self.plans[name]
-            states = self.states(name)
+            states = self.states(name, refresh=True)
             summary = StageSummary(name, plan.task.name, plan.resources.describe(), None)
             stage = plan.stage
             if stage.tune is not None:
