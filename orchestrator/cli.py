@@ -20,7 +20,7 @@ from orchestrator.stages import StageSummary, Sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=200)
 
 SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (YAML).", show_default=False)]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides: key.path=value or param=value.")]

@@ -37,7 +37,9 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
     if address is None:
-        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, _node_ip_address="127.0.0.1")
+        # "local" always starts a fresh Ray (a bare ray.init() would attach to any `ray start` cluster).
+        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                      _node_ip_address="127.0.0.1")
     elif any(v is not None for v in (num_cpus, num_gpus, resources)):
         raise ClusterError("--num-cpus/--num-gpus describe a local Ray; they cannot be set when attaching to a cluster")
     else:

@@ -181,7 +181,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         gpu_ids=list(gpu_ids),
         upstream=payload.upstream,
     )
-    result = RunResult(payload.run_id, "ok", [], started, 0.0, socket.gethostname(), None, payload.attempt)
+    result = RunResult(payload.run_id, "ok", [], started, 0.0, node_name(), None, payload.attempt)
     keep_work = False
     try:
         task = get_task(payload.task)
@@ -227,6 +227,19 @@ def _publish_local(target: Path, source: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.move(str(source), str(target))
+
+
+def node_name() -> str:
+    """host:ray-node-id (short), unique per node even when several nodes share a host."""
+    host = socket.gethostname()
+    if "ray" not in sys.modules:
+        return host
+    import ray
+
+    try:
+        return f"{host}:{ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:  # noqa: BLE001
+        return host
 
 
 def current_gpu_ids() -> list[int]:
