@@ -81,18 +81,25 @@ def train_bpe_tokenizer(corpus: str | Iterable[str] | None = None, vocab_size: i
 def train_wordpiece_tokenizer(
     corpus: str | Iterable[str] | None = None, vocab_size: int = 512, model_max_length: int = 128
 ):
-    """A lower-casing WordPiece tokenizer (BERT style, `[CLS] $A [SEP]`) trained on `corpus`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-casing WordPiece tokenizer (BERT style, `[CLS] $A [SEP]`) with a vocabulary from `corpus`.
+
+    The vocabulary is built here rather than by `tokenizers`' WordPieceTrainer, whose result depends on
+    hash-map order (a different vocabulary on each run): the special tokens, every character and its
+    `##` continuation (sorted), then whole words by frequency (ties alphabetical) up to `vocab_size`.
+    Words outside the vocabulary fall back to characters (ASCII always included), so only words with an
+    unseen non-ASCII character become [UNK]. The vocabulary may be smaller than `vocab_size` when the
+    corpus has fewer distinct words (383 tokens for the built-in corpus).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = _wordpiece_vocab(_lines(corpus), vocab_size, normalizer, pre_tokenizer)
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False
-    )
-    tok.train_from_iterator(_lines(corpus), trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -108,6 +115,27 @@ def train_wordpiece_tokenizer(
         mask_token="[MASK]",
         model_max_length=model_max_length,
     )
+
+
+def _wordpiece_vocab(lines: list[str], vocab_size: int, normalizer, pre_tokenizer) -> dict[str, int]:
+    """Deterministic WordPiece vocabulary: specials, characters, ##characters, then frequent words."""
+    import string
+    from collections import Counter
+
+    words = Counter(
+        word for line in lines for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
+    )
+    # Lower-case ASCII is always in, so unseen English words split into characters instead of [UNK].
+    chars = sorted({char for word in words for char in word} | set(string.ascii_lowercase + string.digits + string.punctuation))
+    base = [*BERT_SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars)]
+    if vocab_size < len(base):
+        raise ValueError(
+            f"vocab_size must be at least {len(base)} for this corpus (specials and characters), got vocab_size={vocab_size}"
+        )
+    known = set(base)
+    ranked = [word for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if word not in known]
+    tokens = base + ranked[: vocab_size - len(base)]
+    return {token: i for i, token in enumerate(tokens)}
 
 
 def _causal_config(arch: str, tokenizer, overrides: dict[str, Any]):
