@@ -28,6 +28,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "ARCHS",
+    "SITES",
+    "ArchSpec",
+    "UnsupportedArchitectureError",
+    "attention",
+    "embedding",
+    "final_norm",
+    "layer",
+    "layers",
+    "lm_head",
+    "mlp",
+    "mlp_out_proj",
+    "module_name",
+    "num_layers",
+    "spec",
+]
+
 
 @dataclass(frozen=True)
 class ArchSpec:

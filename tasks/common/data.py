@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+__all__ = ["read_jsonl", "read_text_lines"]
+
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield one dict per non-blank line of a JSON-lines file (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`)."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+__all__ = ["ModelNotFoundError", "builtin_names", "load_causal_lm", "load_encoder", "resolve"]
+
 CAUSAL_BUILTINS = ("tiny-gpt2", "tiny-llama")
 ENCODER_BUILTINS = ("tiny-bert", "minilm")
 
@@ -41,7 +43,9 @@ class ModelSource:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, device: str = "cpu", dtype: Any = None, attn_implementation: str | None = None):
+def load_causal_lm(
+    name_or_path: str | os.PathLike, device: str = "cpu", dtype: Any = None, attn_implementation: str | None = None
+):
     """(model, tokenizer) for a causal LM: AutoModelForCausalLM + AutoTokenizer, eval mode, on `device`.
 
     dtype: None (the checkpoint's default, float32 for the tiny models), a torch.dtype, or a name such
@@ -50,7 +54,8 @@ def load_causal_lm(name_or_path: str | os.PathLike, device: str = "cpu", dtype: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(name_or_path, kind="causal")
-    model = AutoModelForCausalLM.from_pretrained(source.location, **source.kwargs, **_model_kwargs(dtype, attn_implementation))
+    kwargs = {**source.kwargs, **_model_kwargs(dtype, attn_implementation)}
+    model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs)
     _ensure_pad_token(model, tokenizer)
     return model.to(device).eval(), tokenizer
@@ -63,7 +68,8 @@ def load_encoder(
     from transformers import AutoModel, AutoTokenizer
 
     source = resolve(name_or_path, kind="encoder")
-    model = AutoModel.from_pretrained(source.location, **source.kwargs, **_model_kwargs(dtype, attn_implementation))
+    kwargs = {**source.kwargs, **_model_kwargs(dtype, attn_implementation)}
+    model = AutoModel.from_pretrained(source.location, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs)
     _ensure_pad_token(model, tokenizer)
     return model.to(device).eval(), tokenizer

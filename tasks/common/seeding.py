@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+__all__ = ["seed_everything", "torch_generator"]
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python's `random`, NumPy's global RNG and torch (CPU and every CUDA device).

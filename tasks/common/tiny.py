@@ -1,7 +1,7 @@
 """Tiny randomly initialised models with locally trained tokenizers: offline test fixtures.
 
 `build_tiny_causal_lm` (GPT-2 or Llama layout) and `build_tiny_encoder` (BERT) train a tokenizer on a
-few KB of English (`tasks.common._corpus`, or your own text), build a 2-layer, 64-wide model with a fixed
+few KB of English (`tasks.common.corpus`, or your own text), build a 2-layer, 64-wide model with a fixed
 seed and `save_pretrained` both into a directory that `from_pretrained` (and so
 `tasks.common.models.load_causal_lm` / `load_encoder`) can load. Same arguments, same files: the
 weights depend only on `seed` and the config, the tokenizer only on the corpus and `vocab_size`.
@@ -23,6 +23,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "TINY_VERSION",
+    "build_tiny_causal_lm",
+    "build_tiny_encoder",
+    "cache_root",
+    "tiny_model_path",
+    "train_bpe_tokenizer",
+    "train_wordpiece_tokenizer",
+]
+
 log = logging.getLogger(__name__)
 
 # Bump when the corpus, the tokenizer recipe or the default configs change: cached builds are keyed on it.
@@ -42,7 +52,7 @@ CAUSAL_ARCHS = ("gpt2", "llama")
 def _lines(corpus: str | Iterable[str] | None) -> list[str]:
     """Training text as non-empty lines: the built-in corpus, a string, or an iterable of strings."""
     if corpus is None:
-        from tasks.common._corpus import corpus_lines
+        from tasks.common.corpus import corpus_lines
 
         return corpus_lines()
     text = corpus if isinstance(corpus, str) else "\n".join(corpus)
@@ -126,11 +136,13 @@ def _wordpiece_vocab(lines: list[str], vocab_size: int, normalizer, pre_tokenize
         word for line in lines for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
     )
     # Lower-case ASCII is always in, so unseen English words split into characters instead of [UNK].
-    chars = sorted({char for word in words for char in word} | set(string.ascii_lowercase + string.digits + string.punctuation))
+    ascii_chars = set(string.ascii_lowercase + string.digits + string.punctuation)
+    chars = sorted({char for word in words for char in word} | ascii_chars)
     base = [*BERT_SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars)]
     if vocab_size < len(base):
         raise ValueError(
-            f"vocab_size must be at least {len(base)} for this corpus (specials and characters), got vocab_size={vocab_size}"
+            f"vocab_size must be at least {len(base)} for this corpus (specials and characters), "
+            f"got vocab_size={vocab_size}"
         )
     known = set(base)
     ranked = [word for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if word not in known]
@@ -277,6 +289,7 @@ def tiny_model_path(name: str) -> Path:
     try:
         log.info("building tiny model %s into %s", name, target)
         builder(tmp, **kwargs)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared with other users' workers
         _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.common import tiny
-from tasks.common._corpus import CAPITALS
+from tasks.common.corpus import CAPITALS
 
 
 def _weights(path):
@@ -129,6 +129,7 @@ def test_tiny_model_path_builds_once_under_the_cache_env(tmp_path, monkeypatch):
     assert tiny.tiny_model_path("tiny-gpt2") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary leftovers
+    assert path.stat().st_mode & 0o755 == 0o755  # readable by other users' workers
 
 
 def test_tiny_model_path_concurrent_builders_agree(tmp_path, monkeypatch):

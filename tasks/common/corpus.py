@@ -8,6 +8,8 @@ Changing this text changes the tiny models: bump `tasks.common.tiny.TINY_VERSION
 
 from __future__ import annotations
 
+__all__ = ["ANIMALS", "CAPITALS", "COLOURS", "CORPUS", "LANGUAGES", "corpus_lines"]
+
 # Country -> capital city. Public so tests and tasks can build fact prompts the tokenizer has seen.
 CAPITALS: dict[str, str] = {
     "France": "Paris",
