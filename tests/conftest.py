@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models are built once per test session, not into the user's cache (Ray workers inherit this).
+os.environ.setdefault("INTERP_SWEEPS_CACHE", tempfile.mkdtemp(prefix="interp-sweeps-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

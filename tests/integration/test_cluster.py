@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -35,18 +37,19 @@ def test_ray_job_submit_runs_the_same_command(tmp_path: Path) -> None:
     results = tmp_path / "results"
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         address = f"http://127.0.0.1:{dashboard}"
         submit = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
                   "--runtime-env-json", json.dumps({"excludes": ["results/", ".venv/"]}), "--",
-                  "python", "-m", "orchestrator", "run", str(spec), "--results", str(results)]
-        deadline = time.time() + 90
+                  sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results)]
+        deadline = time.time() + 180
         while True:  # the dashboard's job server needs a few seconds after the head starts
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
             if job.returncode == 0 or time.time() > deadline:
@@ -58,6 +61,7 @@ def test_ray_job_submit_runs_the_same_command(tmp_path: Path) -> None:
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 CLUSTER_SCRIPT = textwrap.dedent("""
