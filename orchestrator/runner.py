@@ -12,7 +12,7 @@ from typing import Any
 from orchestrator import cluster
 from orchestrator.runs import Run
 from orchestrator.scheduler import SchedulerConfig, StageScheduler, WorkItem
-from orchestrator.stages import NullProgress, ProgressSink, StageOutcome, Sweep
+from orchestrator.stages import NullProgress, ProgressSink, StageOutcome, Sweep, result_rows
 from orchestrator.store import OK, SweepLock
 
 
@@ -50,9 +50,13 @@ class _RowWriter:
 
 
 def run_stage(sweep: Sweep, name: str, work: Iterator[tuple[Run, int]], total: int, options: RunOptions,
-              progress: ProgressSink) -> StageOutcome:
-    """Execute `work` ((run, attempt) pairs) for one stage and store every result."""
+              progress: ProgressSink, extras: dict[str, dict[str, Any]] | None = None) -> StageOutcome:
+    """Execute `work` ((run, attempt) pairs) for one stage and store every result.
+
+    `extras`: per run id, columns added to its rows (a transferred run's `selected_from`).
+    """
     plan = sweep.plans[name]
+    extras = extras or {}
     outcome = StageOutcome(name)
     writer = _RowWriter(sweep, name, options)
     cache_dir = sweep.scratch()
@@ -68,7 +72,7 @@ def run_stage(sweep: Sweep, name: str, work: Iterator[tuple[Run, int]], total: i
 
     def on_result(item: WorkItem, result: Any) -> None:
         run = runs_by_id.pop(item.payload.run_id)
-        writer.add(sweep.result_rows(run, result))
+        writer.add(result_rows(run, result, extras.get(run.run_id)))
         if result.artifact_dir:
             sweep.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)

@@ -22,7 +22,7 @@ from orchestrator.spec import LoadedSpec, stage_order
 from orchestrator.store import FAILED, OK, ResultStore, RunState
 
 RESERVED_COLUMNS = (
-    "run_id", "sweep", "stage", "task", "task_version", "seed", "status", "error_type", "error", "traceback",
+    "selected_from", "run_id", "sweep", "stage", "task", "task_version", "seed", "status", "error_type", "error", "traceback",
     "attempt", "duration_s", "started_at", "node", "gpu", "git_commit", "versions",
 )
 
@@ -104,6 +104,11 @@ class Sweep:
         """Expand and validate every grid stage (and its upstream matches) before anything runs."""
         counts = {}
         for name in self.order:
+            if self.plans[name].stage.tune is not None:
+                from orchestrator.tune import constraints, tune_groups
+
+                counts[name] = len(tune_groups(self.plans[name])) * self.plans[name].stage.tune.num_samples
+                constraints(self.plans[name])
             if not self.is_grid_stage(name):
                 continue
             plan = self.plans[name]
@@ -151,6 +156,9 @@ class Sweep:
                 summary.total = total
                 summary.stored_not_in_spec = len(set(states) - ids)
             else:
+                from orchestrator.tune import expected_runs
+
+                summary.total = expected_runs(self, name)
                 summary.ok = sum(s.status == OK for s in states.values())
                 summary.failed = sum(s.status == FAILED for s in states.values())
             out.append(summary)
@@ -207,37 +215,6 @@ class Sweep:
                                           row["run_id"])
         return list(runs.values())
 
-    # ---------------------------------------------------------------- rows
-    def result_rows(self, run: Run, result: RunResult) -> list[dict[str, Any]]:
-        """Stored rows of one finished run: identity, parameters, metrics, status and provenance."""
-        base: dict[str, Any] = {
-            "run_id": run.run_id, "sweep": run.sweep, "stage": run.stage, "task": run.task,
-            "task_version": run.task_version,
-        }
-        for key, value in run.params.items():
-            base[key] = param_column(value)
-        if result.status == OK:
-            problem = _column_clash(result.rows, run.params)
-            if problem:
-                result.status, result.error_type, result.error, result.rows = FAILED, BAD_OUTPUT, problem, []
-        tail = {
-            "seed": run.seed,
-            "status": result.status,
-            "error_type": result.error_type,
-            "error": result.error,
-            "traceback": result.traceback,
-            "attempt": result.attempt,
-            "duration_s": result.duration_s,
-            "started_at": datetime.fromtimestamp(result.started_at, tz=timezone.utc),
-            "node": result.node,
-            "gpu": result.gpu,
-            "git_commit": git_commit(),
-            "versions": package_versions(),
-        }
-        if result.status != OK or not result.rows:
-            return [{**base, **tail}]
-        return [{**base, **row, **tail} for row in result.rows]
-
     def payload(self, run: Run, attempt: int, upstream: dict[str, list[Upstream]], memory: int | None) -> RunPayload:
         artifact_root = str(Path(self.store.base) / "artifacts") if self.store.is_local else None
         return RunPayload(run.run_id, run.task, run.params, run.seed, attempt, artifact_root, upstream, memory)
@@ -254,6 +231,38 @@ class Sweep:
 
     def scratch(self) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"sweep-{self.loaded.name}-"))
+
+
+def result_rows(run: Run, result: RunResult, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Stored rows of one finished run: identity, parameters, metrics, status and provenance."""
+    base: dict[str, Any] = {
+        "run_id": run.run_id, "sweep": run.sweep, "stage": run.stage, "task": run.task,
+        "task_version": run.task_version,
+    }
+    for key, value in run.params.items():
+        base[key] = param_column(value)
+    if result.status == OK:
+        problem = _column_clash(result.rows, run.params)
+        if problem:
+            result.status, result.error_type, result.error, result.rows = FAILED, BAD_OUTPUT, problem, []
+    tail = {
+        **(extra or {}),
+        "seed": run.seed,
+        "status": result.status,
+        "error_type": result.error_type,
+        "error": result.error,
+        "traceback": result.traceback,
+        "attempt": result.attempt,
+        "duration_s": result.duration_s,
+        "started_at": datetime.fromtimestamp(result.started_at, tz=timezone.utc),
+        "node": result.node,
+        "gpu": result.gpu,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+    if result.status != OK or not result.rows:
+        return [{**base, **tail}]
+    return [{**base, **row, **tail} for row in result.rows]
 
 
 def _from_column(value: Any) -> Any:
