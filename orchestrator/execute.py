@@ -168,15 +168,13 @@ class SetupCache:
 def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> RunResult:
     """Run one task call and capture everything about it; never raises for task failures."""
     started, clock = time.time(), time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix=f"run-{payload.run_id}-"))
+    work = _work_root() / f"{payload.run_id}-{payload.attempt}"
     artifact_tmp, scratch = work / "artifacts", work / "scratch"
-    artifact_tmp.mkdir()
-    scratch.mkdir()
     ctx = RunContext(
         run_id=payload.run_id,
         seed=payload.seed,
-        artifact_dir=artifact_tmp,
-        scratch_dir=scratch,
+        artifact_path=artifact_tmp,
+        scratch_path=scratch,
         device="cuda" if gpu_ids else "cpu",
         gpu_ids=list(gpu_ids),
         upstream=payload.upstream,
@@ -199,7 +197,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
             result.rows = normalize_rows(output)
         except TypeError as exc:
             result.status, result.error_type, result.error = "failed", BAD_OUTPUT, str(exc)
-        if result.status == "ok":
+        if result.status == "ok" and artifact_tmp.is_dir():
             if payload.artifact_root is not None:
                 _publish_local(Path(payload.artifact_root) / payload.run_id, artifact_tmp)
             elif any(artifact_tmp.iterdir()):
@@ -213,11 +211,22 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         result.traceback = traceback.format_exc()[-20000:]
         result.rows = []
     finally:
-        if not keep_work:
+        if not keep_work and work.exists():
             shutil.rmtree(work, ignore_errors=True)
     result.duration_s = time.perf_counter() - clock
     result.gpu = _gpu_name(gpu_ids)
     return result
+
+
+_WORK_ROOT: Path | None = None
+
+
+def _work_root() -> Path:
+    """One temporary directory per worker process, under which runs get their directories on demand."""
+    global _WORK_ROOT
+    if _WORK_ROOT is None:
+        _WORK_ROOT = Path(tempfile.mkdtemp(prefix="orchestrator-worker-"))
+    return _WORK_ROOT
 
 
 def _publish_local(target: Path, source: Path) -> None:

@@ -9,4 +9,5 @@ TASKS = {
     "demo.vector": "tasks.demo.task:vector",
     "demo.vector_sum": "tasks.demo.task:vector_sum",
     "demo.lookup": "tasks.demo.task:lookup",
+    "demo.spin": "tasks.demo.task:spin",
 }

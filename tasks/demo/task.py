@@ -142,3 +142,17 @@ def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
         "loaded_at": model["loaded_at"],
         "pid": model["pid"],
     }
+
+
+class SpinParams(TaskParams):
+    i: int = 0
+    iterations: int = Field(2_000_000, ge=1)
+
+
+@task("demo.spin", params=SpinParams)
+def spin(params: SpinParams, ctx: RunContext) -> dict[str, Any]:
+    """A CPU-bound pure-Python loop (parallel speed-up benchmarks)."""
+    total = 0
+    for k in range(params.iterations):
+        total = (total + k * k) % 1_000_003
+    return {"checksum": total}
