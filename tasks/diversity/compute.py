@@ -742,7 +742,7 @@ def finetune_on_text(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         finally:
             model.eval()
     return losses

@@ -37,8 +37,10 @@ for _arch in ("gpt2", "llama"):
 def training_text(key: str) -> str:
     """The text a recipe trains on: the common tiny corpus, or the family's narrow text."""
     if key == "corpus":
-        from tasks.common._corpus import CORPUS
-
+        try:
+            from tasks.common.corpus import CORPUS
+        except ImportError:  # the module's earlier name
+            from tasks.common._corpus import CORPUS
         return CORPUS
     from tasks.diversity.data import NARROW_TEXT
 
@@ -79,8 +81,15 @@ def build_finetuned(base: str, text: str, path: str | os.PathLike, steps: int, l
     from tasks.common.models import load_causal_lm
     from tasks.diversity.compute import finetune_on_text
 
+    import torch
+
     model, tokenizer = load_causal_lm(model_path(base))
-    finetune_on_text(model, tokenizer, text, steps=steps, lr=lr, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train several times faster on one thread (less contention)
+    try:
+        finetune_on_text(model, tokenizer, text, steps=steps, lr=lr, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
