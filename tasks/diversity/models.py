@@ -30,8 +30,8 @@ DIVERSITY_MODELS_VERSION = 1
 # name -> (base model name, training text key, steps, learning rate)
 RECIPES: dict[str, tuple[str, str, int, float]] = {}
 for _arch in ("gpt2", "llama"):
-    RECIPES[f"tiny-{_arch}-pretrained"] = (f"tiny-{_arch}", "corpus", 300, 3e-3)
-    RECIPES[f"tiny-{_arch}-narrow"] = (f"tiny-{_arch}-pretrained", "narrow", 200, 3e-3)
+    RECIPES[f"tiny-{_arch}-pretrained"] = (f"tiny-{_arch}", "corpus", 200, 5e-3)
+    RECIPES[f"tiny-{_arch}-narrow"] = (f"tiny-{_arch}-pretrained", "narrow", 100, 5e-3)
 
 
 def training_text(key: str) -> str:

@@ -109,9 +109,9 @@ def next_token(params: NextTokenParams, ctx: RunContext) -> list[dict[str, Any]]
     )
     if mean_probs is not None:
         np.save(ctx.artifact_dir / "mean_probs.npy", mean_probs.astype(np.float32))
-    model_row["max_length"] = max_length
-    rows = doc_rows if params.per_document else []
-    return [{**row, "max_length": max_length} for row in rows] + [model_row]
+    rows = (doc_rows if params.per_document else []) + [model_row]
+    columns = list(dict.fromkeys(key for row in [model_row, *doc_rows[:1]] for key in row))
+    return [{**{key: row.get(key) for key in columns}, "window_length": max_length} for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------------
