@@ -40,8 +40,12 @@ class RunContext:
     setup: Any = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("tasks"))
 
-    def upstream_one(self, stage: str) -> Upstream:
-        """The single upstream run of `stage` matching this run; a clear error when there is not exactly one."""
+    def upstream_one(self, stage: str | None = None) -> Upstream:
+        """The single upstream run of `stage` (default: the only stage this one needs) matching this run."""
+        if stage is None:
+            if len(self.upstream) != 1:
+                raise LookupError(f"run {self.run_id} needs {len(self.upstream)} upstream stages; name one")
+            stage = next(iter(self.upstream))
         found = self.upstream.get(stage, [])
         if len(found) != 1:
             raise LookupError(
