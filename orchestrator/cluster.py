@@ -19,7 +19,14 @@ AUTH_REMEDY = (
 
 # Set before a local Ray starts: an OOM-killed run is retried by the orchestrator (bounded, with backoff),
 # never by Ray's default of infinite OOM retries.
-RAY_ENV_DEFAULTS = {"RAY_task_oom_retries": "0", "RAY_DEDUP_LOGS": "1"}
+# Workers inherit the rest: quiet model loading (no progress bars per load) and no tokenizer threads.
+RAY_ENV_DEFAULTS = {
+    "RAY_task_oom_retries": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def connect(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,

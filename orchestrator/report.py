@@ -1,7 +1,8 @@
 """`report`: a summary table per stage, plus the figures and tables each task family provides.
 
 A family adds report hooks in its `__init__.py`: `REPORTS = {"family.task": "module:function"}` where
-`function(df, out_dir) -> list[str | rich renderable]` (paths of figures written, tables to print).
+`function(df, out_dir) -> list` of figure paths written, pandas DataFrames (printed as tables) or text;
+`df` holds the stage's ok rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.table import Table
 from orchestrator.stages import RESERVED_COLUMNS, Sweep
 
 MAX_ROWS = 40
+MAX_METRICS = 8
 
 
 def report_hooks() -> dict[str, str]:
@@ -36,6 +38,7 @@ def summary_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     varying = [p for p in params if p in ok.columns and ok[p].nunique(dropna=False) > 1]
     metrics = [c for c in ok.columns if c not in RESERVED_COLUMNS and c not in params
                and pd.api.types.is_numeric_dtype(ok[c]) and not pd.api.types.is_bool_dtype(ok[c])]
+    metrics = [c for c in metrics if ok[c].notna().any()][:MAX_METRICS]
     if not metrics:
         return pd.DataFrame()
     if not varying:
@@ -62,12 +65,18 @@ def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
     plan = sweep.plans[stage]
     counts = df.drop_duplicates("run_id")["status"].value_counts().to_dict()
     items: list[Any] = [f"[bold]{stage}[/] ({plan.task.name}): " + ", ".join(f"{v} {k}" for k, v in counts.items())]
-    summary = summary_frame(df, list(plan.task.params.model_fields))
-    if not summary.empty:
-        items.append(_table(f"{stage}: mean of each metric", summary))
     target = report_hooks().get(plan.task.name)
+    summary = summary_frame(df, list(plan.task.params.model_fields))
+    if not target and not summary.empty:
+        items.append(_table(f"{stage}: mean of each metric (first {MAX_METRICS})", summary))
     if target:
         module, _, attr = target.partition(":")
         out_dir.mkdir(parents=True, exist_ok=True)
-        items += getattr(importlib.import_module(module), attr)(df[df["status"] == "ok"], out_dir / stage)
+        for item in getattr(importlib.import_module(module), attr)(df[df["status"] == "ok"], out_dir / stage):
+            if isinstance(item, pd.DataFrame):
+                items.append(_table(f"{stage}: {plan.task.name}", item))
+            elif isinstance(item, Path):
+                items.append(f"{stage}: figure written to {item}")
+            else:
+                items.append(item)
     return items

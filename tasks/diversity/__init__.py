@@ -8,3 +8,8 @@ TASKS = {
     "diversity.completions": "tasks.diversity.task:completions",
     "diversity.output_diversity": "tasks.diversity.task:output_diversity",
 }
+
+REPORTS = {
+    "diversity.next_token": "tasks.diversity.report:report_next_token",
+    "diversity.output_diversity": "tasks.diversity.report:report_output_diversity",
+}

@@ -139,3 +139,13 @@ def entropy_table(df: pd.DataFrame) -> pd.DataFrame:
         if col in table.columns:
             table[col] = table[col].round().astype(int)
     return table
+
+
+def report_next_token(df: pd.DataFrame, out_dir: Path) -> list[object]:
+    """`orchestrator report` hook: the per-model entropy and perplexity table."""
+    return [entropy_table(df).reset_index()]
+
+
+def report_output_diversity(df: pd.DataFrame, out_dir: Path) -> list[object]:
+    """`orchestrator report` hook: diversity against temperature per model (PNG)."""
+    return [plot_diversity(df, Path(out_dir) / "diversity_vs_temperature.png")]
