@@ -49,8 +49,14 @@ class SpecSource:
 # ---------------------------------------------------------------- YAML with lines
 
 
+PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
 def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, source: SpecSource) -> Any:
     source.lines.setdefault(path, node.start_mark.line + 1)
+    if not isinstance(node, yaml.ScalarNode) and node.tag not in PLAIN_TAGS:
+        raise SpecError(f"invalid YAML: tag {node.tag} is not allowed (specs hold plain data only)",
+                        file=source.file, line=node.start_mark.line + 1, key=format_path(path) or None)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         result: dict[str, Any] = {}
