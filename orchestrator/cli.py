@@ -69,7 +69,6 @@ def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = No
     """Dry run: validate the spec and show, per stage, the runs, resources and how many are done. No Ray."""
     try:
         sweep = _load(spec, overrides, results)
-        sweep.validate()
         summaries = sweep.summaries()
     except OrchestratorError as exc:
         _fail(exc)

@@ -107,6 +107,7 @@ class StageScheduler:
         self.task, self.resources, self.retries = task, resources, retries
         self.config = config or SchedulerConfig()
         self.slots = max(1, min(slots, max_workers) if max_workers else slots)
+        self.max_workers = max_workers
         self.on_result, self.on_tick = on_result, on_tick
         self.uses_actors = task.setup is not None
         self.options = resources.ray_options()
@@ -163,7 +164,8 @@ class StageScheduler:
         queued: dict[Any, deque[WorkItem]] = {}  # setup key -> items waiting (actors) or one queue
         exhausted = False
         remaining = total
-        window = self.slots * self.config.chunks_per_slot
+        # max_workers is a hard cap on concurrent runs; otherwise keep a few chunks queued per slot
+        window = self.max_workers or self.slots * self.config.chunks_per_slot
         lookahead = 0
 
         def pull(n: int) -> None:

@@ -101,38 +101,42 @@ class Sweep:
         return stage.tune is None and stage.transfer is None
 
     def validate(self) -> dict[str, int]:
-        """Expand and validate every grid stage (and its upstream matches) before anything runs."""
+        """Expand and validate every stage (and its upstream matches) before anything runs; run counts."""
         counts = {}
         for name in self.order:
-            if self.plans[name].stage.tune is not None:
+            plan = self.plans[name]
+            if plan.stage.tune is not None:
                 from orchestrator.tune import constraints, tune_groups
 
-                counts[name] = len(tune_groups(self.plans[name])) * self.plans[name].stage.tune.num_samples
-                constraints(self.plans[name])
-            if not self.is_grid_stage(name):
-                continue
-            plan = self.plans[name]
-            match_keys = {need: self.match_keys(name, need) for need in plan.stage.needs}
-            upstream_keys = {need: {self._key(r.params, keys) for r in self.plans[need].runs()}
-                             for need, keys in match_keys.items() if self.is_grid_stage(need)}
-            count = 0
-            for run in plan.runs():
-                count += 1
-                for need, keys in upstream_keys.items():
-                    if self._key(run.params, match_keys[need]) not in keys:
-                        shown = {k: run.params.get(k) for k in match_keys[need]}
-                        raise self.loaded.source.error(
-                            ("stages", name, "needs"),
-                            f"a run with {shown} matches no run of stage '{need}' "
-                            f"(runs are matched on the parameters both stages set: {', '.join(match_keys[need]) or 'none'})",
-                        )
-            if count == 0:
-                raise self.loaded.source.error(("stages", name, "params"), "the stage expands to no runs")
-            counts[name] = count
+                counts[name] = len(tune_groups(plan)) * plan.stage.tune.num_samples
+                constraints(plan)
+            if self.is_grid_stage(name):
+                counts[name] = sum(1 for _ in self.checked_runs(name))
         return counts
 
+    def checked_runs(self, name: str) -> Iterator[Run]:
+        """The stage's runs, each checked to match a run of every grid stage it needs."""
+        plan = self.plans[name]
+        match_keys = {need: self.match_keys(name, need) for need in plan.stage.needs if self.is_grid_stage(need)}
+        upstream_keys = {need: {self._key(r.params, keys) for r in self.plans[need].runs()}
+                         for need, keys in match_keys.items()}
+        count = 0
+        for run in plan.runs():
+            count += 1
+            for need, keys in upstream_keys.items():
+                if self._key(run.params, match_keys[need]) not in keys:
+                    shown = {k: run.params.get(k) for k in match_keys[need]}
+                    raise self.loaded.source.error(
+                        ("stages", name, "needs"),
+                        f"a run with {shown} matches no run of stage '{need}' "
+                        f"(runs are matched on the parameters both stages set: {', '.join(match_keys[need]) or 'none'})",
+                    )
+            yield run
+        if count == 0:
+            raise self.loaded.source.error(("stages", name, "params"), "the stage expands to no runs")
+
     def summaries(self) -> list[StageSummary]:
-        """Per stage: runs in the spec, and how many are already stored as ok / failed."""
+        """Per stage: runs in the spec, and how many are already stored as ok / failed (validates too)."""
         out = []
         for name in self.order:
             plan = self.plans[name]
@@ -144,17 +148,17 @@ class Sweep:
             elif stage.transfer is not None:
                 summary.note = f"transfer: best config per group of '{stage.transfer}', after its selection"
             if self.is_grid_stage(name):
-                ids = set()
+                stored_in_spec = set()
                 total = 0
-                for run in plan.runs():
+                for run in self.checked_runs(name):
                     total += 1
-                    ids.add(run.run_id)
                     state = states.get(run.run_id)
-                    if state is not None:
+                    if state is not None and run.run_id not in stored_in_spec:
+                        stored_in_spec.add(run.run_id)
                         summary.ok += state.status == OK
                         summary.failed += state.status == FAILED
                 summary.total = total
-                summary.stored_not_in_spec = len(set(states) - ids)
+                summary.stored_not_in_spec = len(states) - len(stored_in_spec)
             else:
                 from orchestrator.tune import expected_runs
 
