@@ -127,6 +127,7 @@ def run_sweep(sweep: Sweep, options: RunOptions | None = None, progress: Progres
 
     outcomes = []
     with SweepLock(sweep.store):
+        sweep.store.remove_stale_temporaries()
         for name in selected:
             if not sweep.is_grid_stage(name):
                 from orchestrator.tune import run_selection_stage

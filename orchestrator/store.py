@@ -116,6 +116,17 @@ class ResultStore:
         self.fs.move(temporary, final)
         return final
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete half-written parts a killed driver left (call only while holding the sweep's lock)."""
+        removed = 0
+        for stage in self.stages():
+            selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-"):
+                    self.fs.delete_file(info.path)
+                    removed += 1
+        return removed
+
     # -- reading
     def part_files(self, stage: str) -> list[str]:
         selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
