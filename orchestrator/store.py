@@ -83,10 +83,14 @@ def _infer_table(rows: list[dict[str, Any]]) -> pa.Table:
 class ResultStore:
     """Reads and writes one sweep's results."""
 
-    def __init__(self, root: str | os.PathLike[str], sweep: str) -> None:
+    def __init__(self, root: str | os.PathLike[str], sweep: str, filesystem: pafs.FileSystem | None = None) -> None:
+        """`root`: a local path or a `pyarrow.fs` URI; or a path inside `filesystem` when one is given."""
         self.root = str(root)
         self.sweep = sweep
-        self.fs, base, self.is_local = _filesystem(self.root)
+        if filesystem is not None:
+            self.fs, base, self.is_local = filesystem, self.root.rstrip("/"), False
+        else:
+            self.fs, base, self.is_local = _filesystem(self.root)
         self.base = f"{base}/{sweep}"
 
     # -- paths
@@ -219,6 +223,7 @@ class ResultStore:
             return local
         target = cache / run_id
         if not target.exists():
+            target.mkdir(parents=True)
             pafs.copy_files(self.artifact_dir(run_id), str(target), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
         return target
