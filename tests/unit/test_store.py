@@ -59,3 +59,16 @@ def test_null_only_columns_keep_their_types(tmp_path: Path) -> None:
     store.write_rows("s", [{"run_id": "a", "attempt": 1, "status": "ok", "error": None, "error_type": None}])
     store.write_rows("s", [{"run_id": "b", "attempt": 1, "status": "failed", "error": "boom", "error_type": "x"}])
     assert store.read_stage("s").num_rows == 2
+
+
+def test_duckdb_reads_the_parts(tmp_path: Path) -> None:
+    # Invariant: the stored parts are plain Parquet that DuckDB queries directly, even as schemas drift.
+    duckdb = pytest.importorskip("duckdb")
+    store = ResultStore(str(tmp_path), "sweep")
+    store.write_rows("s", rows("a", 1, "ok"))
+    store.write_rows("s", [{"run_id": "b", "attempt": 1, "status": "ok", "value": 5, "extra": "new column"}])
+    glob = f"{tmp_path}/sweep/s/part-*.parquet"
+    ((count, total, extras),) = duckdb.sql(
+        f"SELECT count(*), sum(value), count(extra) FROM read_parquet('{glob}', union_by_name=true)"
+    ).fetchall()
+    assert (count, total, extras) == (3, 6, 1)
