@@ -16,6 +16,7 @@ reachable), or a local .jsonl / .csv / .tsv file with a text and a label column.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -71,7 +72,10 @@ def build_text_set(
     quota = {c: quota_train[c] + quota_test[c] for c in (1, -1)}
     kept: dict[int, list[tuple[str, int]]] = {1: [], -1: []}
     seen = 0
-    for texts, labels in _chunks(iter_source(source, seed, text_field, label_field), chunk):
+    pairs = iter_source(source, seed, text_field, label_field)
+    if source == "synthetic":  # an endless stream: give up where a finite source would have ended
+        pairs = itertools.islice(pairs, max(10_000, 50 * (n_train + n_test)))
+    for texts, labels in _chunks(pairs, chunk):
         seen += len(texts)
         for text, label, count in zip(texts, labels, count_tokens(texts)):
             if count < max_tokens and len(kept[label]) < quota[label]:
