@@ -5,3 +5,8 @@ TASKS = {
     "sensitivity.word_sensitivity": "tasks.sensitivity.task:word_sensitivity",
     "sensitivity.generalisation": "tasks.sensitivity.task:generalisation",
 }
+
+REPORTS = {
+    "sensitivity.word_sensitivity": "tasks.sensitivity.report:report_word_sensitivity",
+    "sensitivity.generalisation": "tasks.sensitivity.report:report_generalisation",
+}

@@ -84,3 +84,16 @@ def generalisation_table(df: Any) -> Any:
         D1_times_y=("D1_times_y", "mean"), success=("success", "mean"),
     )
     return pd.DataFrame(table).reset_index()
+
+
+def report_word_sensitivity(df: Any, out_dir: str | Path) -> list[Any]:
+    """`report` hook for sensitivity.word_sensitivity: the S-against-n figure and mean S per point."""
+    df = _ok(df)
+    groups = [g for g in ("dataset", "layer", "map", "d", "L", "n") if g in df.columns]
+    table = df.groupby(groups, dropna=False)["S"].agg(["mean", "std", "count"]).reset_index()
+    return [plot_sensitivity(df, Path(out_dir) / "sensitivity.png"), table.rename(columns={"mean": "S_mean", "std": "S_std"})]
+
+
+def report_generalisation(df: Any, out_dir: str | Path) -> list[Any]:
+    """`report` hook for sensitivity.generalisation: the generalisation table."""
+    return [generalisation_table(df)]

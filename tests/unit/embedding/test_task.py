@@ -72,3 +72,16 @@ def test_params_validation():
         HiddenStatesParams(max_tokens=200, max_length=128)
     with pytest.raises(ValueError, match="n_train \\+ n_test"):
         HiddenStatesParams(n_train=0)
+
+
+def test_setup_loads_builtin_encoder_once_per_model(tmp_path):
+    # setup=load_encoder keyed on `model`: the built-in tiny-bert through tasks.common
+    from orchestrator.registry import get_task
+
+    definition = get_task("embedding.hidden_states")
+    assert definition.setup_keys == ("model",)
+    params = HiddenStatesParams(n_train=6, max_length=32, max_tokens=24)
+    ctx = local_context(seed=0, root=tmp_path)
+    ctx.setup = definition.setup(params, ctx)
+    (row,) = hidden_states(params, ctx)
+    assert row["width"] == ctx.setup[0].config.hidden_size and row["n_texts"] == 6

@@ -26,3 +26,15 @@ def test_generalisation_table():
     table = generalisation_table(df).set_index("map")
     assert table.loc["raf", "runs"] == 2 and table.loc["raf", "success"] == 0.5
     assert table.loc["raf", "D1_times_y"] == -0.25 and table.loc["rf", "success"] == 0.0
+
+
+def test_report_hooks_are_registered(tmp_path):
+    from orchestrator.report import report_hooks
+
+    hooks = report_hooks()
+    assert hooks["sensitivity.word_sensitivity"].endswith(":report_word_sensitivity")
+    from tasks.sensitivity.report import report_word_sensitivity
+
+    df = pd.DataFrame([{"map": "raf", "dataset": "synthetic", "d": 8, "n": n, "L": 1, "S": 1.0} for n in (5, 10)])
+    path, table = report_word_sensitivity(df, tmp_path)
+    assert path.exists() and list(table["S_mean"]) == [1.0, 1.0]
