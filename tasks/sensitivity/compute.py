@@ -18,6 +18,13 @@ Memory: the first RF layer is never held as a (k, D) matrix. Its column block fo
 (k, d), is drawn from its own seeded generator whenever it is needed, so V flat(X) is a sum over blocks and
 a search that moves token i only needs block i. The same V is therefore used exactly as the dense original
 would, in O(k d) memory. Deeper DRF layers are dense (D, D) and guarded by `max_weight_gb`.
+
+Differences from the original (seeds.md A.6), each named where it applies: seeded streams, one per purpose
+(quirk 4); the ball centred at the perturbed token by default (quirk 2; `ball_center="noisy_start"` is the
+original); `token_index="max"` for the paper's sup over tokens (quirk 1; default token 0 as the code);
+`optim="features"` works (quirk 3); P_o phi and the synthetic (I - u u^T) g without D x D matrices
+(quirk 5); float64 throughout. The search is the original's plain projected gradient step (no
+torch.optim optimiser, whose state would change the trajectories).
 """
 
 from __future__ import annotations
