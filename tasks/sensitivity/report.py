@@ -86,12 +86,31 @@ def generalisation_table(df: Any) -> Any:
     return pd.DataFrame(table).reset_index()
 
 
+def decay_ratios(df: Any) -> Any:
+    """Per (dataset, layer, map, d, L): mean S at the largest n over mean S at the smallest n. The paper's
+    finding: near sqrt(n_min / n_max) for rf, near 1 (above 0.7) for raf, in between for raf_relu."""
+    import pandas as pd
+
+    df = _ok(df).dropna(subset=["S"])
+    groups = [g for g in ("dataset", "layer", "map", "d", "L") if g in df.columns]
+    out = []
+    for key, sub in df.groupby(groups, dropna=False):
+        means = sub.groupby("n")["S"].mean()
+        key = key if isinstance(key, tuple) else (key,)
+        out.append({**dict(zip(groups, key)), "n_min": int(means.index.min()), "n_max": int(means.index.max()),
+                    "S_n_min": float(means.iloc[0]), "S_n_max": float(means.iloc[-1]),
+                    "ratio": float(means.iloc[-1] / means.iloc[0])})
+    return pd.DataFrame(out)
+
+
 def report_word_sensitivity(df: Any, out_dir: str | Path) -> list[Any]:
-    """`report` hook for sensitivity.word_sensitivity: the S-against-n figure and mean S per point."""
+    """`report` hook for sensitivity.word_sensitivity: the S-against-n figure, mean S per point and the
+    decay ratios S(n_max) / S(n_min)."""
     df = _ok(df)
     groups = [g for g in ("dataset", "layer", "map", "d", "L", "n") if g in df.columns]
     table = df.groupby(groups, dropna=False)["S"].agg(["mean", "std", "count"]).reset_index()
-    return [plot_sensitivity(df, Path(out_dir) / "sensitivity.png"), table.rename(columns={"mean": "S_mean", "std": "S_std"})]
+    return [plot_sensitivity(df, Path(out_dir) / "sensitivity.png"),
+            table.rename(columns={"mean": "S_mean", "std": "S_std"}), decay_ratios(df)]
 
 
 def report_generalisation(df: Any, out_dir: str | Path) -> list[Any]:

@@ -1,53 +1,68 @@
 """The paper's qualitative findings on synthetic data (seeds.md A.7, claims C1-C5), with margins that a
-wrong map would fail. Sizes are small (d=32, n in {5, 40}, 4 repetitions batched in one search) and the
-search is the original's (lr, steps = 50 n for the attention maps)."""
+wrong map would fail. C1-C4 use exactly the synthetic runs of sweeps/word_sensitivity_small.yaml (d=32,
+4 repetitions in one batched search, seed 0, the original's lr and steps = 50 n for the attention maps),
+at its smallest and largest n, through the task function: the same run ids give the same numbers."""
 
-import math
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import yaml
 
+from orchestrator.context import local_context
 from tasks.sensitivity import compute as C
+from tasks.sensitivity.report import decay_ratios
+from tasks.sensitivity.task import WordSensitivityParams, word_sensitivity
 
-D_WIDTH, N_SHORT, N_LONG, REPS = 32, 5, 40, 4
-
-
-def _mean_S(name: str, n: int) -> float:
-    seeds = [C.child_seed(2024, r) for r in range(REPS)]
-    X = torch.stack([C.gaussian((n, D_WIDTH), C.child_seed(s, 4)) for s in seeds])
-    found = C.sensitivity(C.make_map(name, n, D_WIDTH, seeds), X, seeds, lr=C.SENSITIVITY_LR[name],
-                          steps=C.default_steps(name, n))
-    return float(np.mean([f.S for f in found]))
+SMALL = Path(__file__).resolve().parents[3] / "sweeps" / "word_sensitivity_small.yaml"
 
 
 @pytest.fixture(scope="module")
 def table():
-    return {(m, n): _mean_S(m, n) for m in ("rf", "raf", "raf_relu") for n in (N_SHORT, N_LONG)}
+    import pandas as pd
+
+    params = yaml.safe_load(SMALL.read_text())["stages"]["sens"]["params"]
+    ns = params["n"]["grid"]
+    rows = []
+    for name in ("rf", "raf", "raf_relu"):
+        for n in (min(ns), max(ns)):
+            p = WordSensitivityParams(dataset="synthetic", map=name, d=params["d"], n=n,
+                                      repetitions=params["repetitions"])
+            rows += [{"map": name, "dataset": "synthetic", **r} for r in word_sensitivity(p, local_context(seed=0))]
+    df = pd.DataFrame(rows)
+    return {(m, n): float(s) for (m, n), s in df.groupby(["map", "n"])["S"].mean().items()}, min(ns), max(ns), df
 
 
 def test_c1_rf_decays_like_inverse_sqrt_n(table):
     # S_rf ~ 1/sqrt(n): the ratio for n 5 -> 40 is near 1/sqrt(8) = 0.35
-    ratio = table["rf", N_LONG] / table["rf", N_SHORT]
-    assert 0.2 < ratio < 0.5
-    scaled = [math.sqrt(n) * table["rf", n] for n in (N_SHORT, N_LONG)]
+    S, short, long, _ = table
+    assert 0.2 < S["rf", long] / S["rf", short] < 0.5
+    scaled = [np.sqrt(n) * S["rf", n] for n in (short, long)]
     assert max(scaled) / min(scaled) < 1.6
 
 
 def test_c2_raf_does_not_decay(table):
-    assert table["raf", N_LONG] / table["raf", N_SHORT] > 0.7
-    assert table["raf", N_SHORT] > 1 and table["raf", N_LONG] > 1
+    S, short, long, _ = table
+    assert S["raf", long] / S["raf", short] > 0.7
+    assert S["raf", short] > 1 and S["raf", long] > 1
 
 
 def test_c3_raf_over_rf_grows_with_n(table):
-    short = table["raf", N_SHORT] / table["rf", N_SHORT]
-    long = table["raf", N_LONG] / table["rf", N_LONG]
-    assert short > 1.5 and long > 2 * short
+    S, short, long, _ = table
+    assert S["raf", short] / S["rf", short] > 1.5
+    assert S["raf", long] / S["rf", long] > 2 * S["raf", short] / S["rf", short]
 
 
 def test_c4_relu_attention_decays_between_rf_and_raf(table):
-    assert table["raf_relu", N_LONG] / table["raf_relu", N_SHORT] < 0.6
-    assert table["rf", N_LONG] < table["raf_relu", N_LONG] < table["raf", N_LONG]
+    S, short, long, _ = table
+    assert S["raf_relu", long] / S["raf_relu", short] < 0.6
+    assert S["rf", long] < S["raf_relu", long] < S["raf", long]
+
+
+def test_decay_ratio_table(table):
+    # the report's table, which the quickstart can assert on: S(largest n) / S(smallest n) per map
+    ratios = decay_ratios(table[3]).set_index("map")["ratio"]
+    assert ratios["raf"] > 0.7 and ratios["rf"] < 0.5 and ratios["raf_relu"] < 0.6
 
 
 def _mean_D1_times_y(name: str, training: str, n: int = 20, d: int = 16, seeds=(0, 1, 2)) -> float:

@@ -36,5 +36,5 @@ def test_report_hooks_are_registered(tmp_path):
     from tasks.sensitivity.report import report_word_sensitivity
 
     df = pd.DataFrame([{"map": "raf", "dataset": "synthetic", "d": 8, "n": n, "L": 1, "S": 1.0} for n in (5, 10)])
-    path, table = report_word_sensitivity(df, tmp_path)
-    assert path.exists() and list(table["S_mean"]) == [1.0, 1.0]
+    path, table, ratios = report_word_sensitivity(df, tmp_path)
+    assert path.exists() and list(table["S_mean"]) == [1.0, 1.0] and list(ratios["ratio"]) == [1.0]
