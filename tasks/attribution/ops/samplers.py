@@ -4,7 +4,7 @@ A sampler is bound once to the clean prefixes of one ReAGent call (`bind(ids)`),
 every probe step for any subset of rows: `bound(rows, generator) -> replacement ids` of shape
 (len(rows), seq). Positions are replaced by the caller only where its replacement mask says so.
 
-- `UniformSampler`: uniform over the vocabulary minus the bos/eos/unk ids (original "uniform").
+- `UniformSampler`: uniform over the vocabulary minus the bos/eos/unk (and pad) ids (original "uniform").
 - `TagGroupSampler`: uniform over the ids sharing the tag of the current id (original "postag"). The
   tag map (tag -> ids) is pluggable: NLTK's default tagger on each decoded id (what the original ran;
   needs nltk and its 'averaged_perceptron_tagger(_eng)' data), a JSON file, or `coarse_tag` (a
@@ -38,13 +38,14 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.d
 
 
 class UniformSampler:
-    """Uniform over the vocabulary without bos / eos / unk (casszhao/ReAGent UniformTokenSampler)."""
+    """Uniform over the vocabulary without bos / eos / unk (casszhao/ReAGent UniformTokenSampler) and pad
+    (which GPT-2 did not have; a drawn pad token is not text)."""
 
     name = "uniform"
 
     def __init__(self, tokenizer: Any, device: str | torch.device = "cpu") -> None:
         vocab = len(tokenizer)
-        excluded = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id} - {None}
+        excluded = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id} - {None}
         keep = torch.ones(vocab, dtype=torch.bool)
         keep[list(excluded)] = False
         self.available = torch.arange(vocab)[keep].to(device)  # (n_available,)
