@@ -65,8 +65,14 @@ father mother king queen
 : gram3-comparative
 big bigger cold colder
 good better great greater
+: gram2-opposite
+acceptable unacceptable aware unaware
+certain uncertain clear unclear
 : gram6-nationality-adjective
 France French Germany German
+: gram9-plural-verbs
+decrease decreases describe describes
+eat eats enhance enhances
 """
 
 BUILTIN_PROMPTS = [
@@ -222,22 +228,27 @@ def prepare_analogies(
     return examples
 
 
-def read_prepared(path: str | Path, tokenizer: Any) -> list[AnalogyExample]:
-    """The original's prepared analogy inputs (JSONL with input_tokens, target_token, ...), as examples."""
+def read_prepared(path: str | Path, tokenizer: Any = None) -> list[AnalogyExample]:
+    """The original's prepared analogy inputs (JSONL with input_tokens, target_token, input_text, ...).
+
+    The ids are the original tokenizer's: use the model the file names (its "model" field). With a
+    tokenizer, ids beyond its vocabulary fail here rather than inside the model.
+    """
     examples = []
     with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            examples.append(AnalogyExample(
-                id=int(r["id"]), category=str(r.get("category", "")), analogy_idx=-1, pair_idx=-1,
-                text=tokenizer.decode(list(r["input_tokens"]) + [int(r["target_token"])]),
-                prefix=tuple(int(i) for i in r["input_tokens"]), target=int(r["target_token"]),
-                target_text=str(r.get("target_text", tokenizer.decode([int(r["target_token"])]))),
-                relative_pos=-1, distractor_start=int(r.get("distractor_start", -1)),
-                distractor_end=int(r.get("distractor_end", -1)),
-            ))
+        records = [json.loads(line) for line in f if line.strip()]
+    for r in records:
+        prefix, target = tuple(int(i) for i in r["input_tokens"]), int(r["target_token"])
+        if tokenizer is not None and max(prefix + (target,)) >= len(tokenizer):
+            raise ValueError(f"{path} holds ids of {r.get('model', 'another model')}'s tokenizer, beyond this "
+                             f"tokenizer's {len(tokenizer)} ids: load that model")
+        target_text = r.get("target_text") or (tokenizer.decode([target]) if tokenizer is not None else str(target))
+        text = "".join(r["input_text"]) + target_text if "input_text" in r else tokenizer.decode(list(prefix) + [target])
+        examples.append(AnalogyExample(
+            id=int(r["id"]), category=str(r.get("category", "")), analogy_idx=-1, pair_idx=-1, text=text,
+            prefix=prefix, target=target, target_text=target_text, relative_pos=-1,
+            distractor_start=int(r.get("distractor_start", -1)), distractor_end=int(r.get("distractor_end", -1)),
+        ))
     return examples
 
 

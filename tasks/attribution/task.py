@@ -81,6 +81,16 @@ def load(params: AttributionParams, ctx: RunContext) -> dict[str, Any]:
     return {"model": model, "tokenizer": tokenizer, "samplers": {}}
 
 
+def max_positions(model: Any) -> int | None:
+    """The longest input the model's position table allows (None: no limit known)."""
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _sampler(setup: dict[str, Any], params: AttributionParams, device: str) -> tuple[Any, str]:
     from tasks.attribution.ops.samplers import make_sampler
 
@@ -104,6 +114,11 @@ def _score(
 
     model, tokenizer = setup["model"], setup["tokenizer"]
     device = next(model.parameters()).device
+    limit = max_positions(model)
+    if limit is not None and any(len(p) > limit for _, p, _ in items):
+        ctx.logger.warning("dropping %d targets whose prefix exceeds the model's %d positions",
+                           sum(len(p) > limit for _, p, _ in items), limit)
+        items = [it for it in items if len(it[1]) <= limit]
     gen_attr = torch.Generator(device=device).manual_seed(ctx.seed)
     gen_metric = torch.Generator(device=device).manual_seed(ctx.seed + 1)
     sampler, sampler_used = (None, "")
@@ -171,9 +186,14 @@ def sequence(params: SequenceParams, ctx: RunContext) -> list[dict[str, Any]]:
     model, tokenizer = ctx.setup["model"], ctx.setup["tokenizer"]
     device = next(model.parameters()).device
     prompts = data.read_prompts(params.prompts)[: params.max_prompts]
+    limit = max_positions(model)
     items = []
     for prompt_id, prompt in enumerate(prompts):
         ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+        if limit is not None and ids.shape[1] + params.max_new_tokens > limit:
+            ctx.logger.warning("skipping prompt %d: %d tokens + %d new exceed %d positions", prompt_id,
+                               ids.shape[1], params.max_new_tokens, limit)
+            continue
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
                                  do_sample=False, pad_token_id=tokenizer.pad_token_id)[0].tolist()
