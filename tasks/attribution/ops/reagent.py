@@ -20,7 +20,9 @@ Same maths, faster execution (no change to any distribution):
   row that the check stops is discarded, as the original discards updates of stopped probes);
   p_o shares the first pass; so a target costs max_steps + 1 passes instead of 1 + 2 max_steps;
 - stopped rows leave the batch; only the last position goes through the LM head; "y in top k" is
-  computed as "fewer than k logits exceed y's logit" (no vocabulary sort; ties may differ).
+  computed as "fewer than k logits exceed y's logit" (no vocabulary sort; ties may differ);
+- rows of very different lengths are split into a few passes when the padding saved outweighs a
+  pass's fixed cost (`pass_overhead_tokens`).
 
 Deviations (named options keep the original where it matters):
 - no probe stopped within max_steps: the original divides by zero (NaN scores, which score Soft-NS 0
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -53,6 +56,9 @@ class ReagentConfig:
     num_probes: int = 5  # B
     overlap_threshold: int = 2
     on_no_convergence: str = "mean_all"  # or "nan" (original)
+    # speed only: a forward pass costs about this many tokens of overhead; rows of very different
+    # lengths go through separate passes when that saves more padding than it costs
+    pass_overhead_tokens: int = 256
 
     def __post_init__(self) -> None:
         if self.on_no_convergence not in ("mean_all", "nan"):
@@ -74,6 +80,54 @@ class ReagentResult:
 
 def _keep_n(cfg: ReagentConfig, length: int) -> int:
     return cfg.keep_top_n if cfg.keep_top_n > 0 else int(math.ceil(cfg.keep_ratio * length))
+
+
+@lru_cache(maxsize=256)
+def _plan_buckets(counts: tuple[tuple[int, int], ...], overhead: int) -> tuple[int, ...]:
+    """Split rows sorted by length into passes: DP minimising sum(overhead + rows * max_len).
+
+    counts: ((length, n_rows), ...) ascending. Returns the index (into counts) ending each bucket.
+    """
+    best, cut = [0.0], [0]
+    cum = [0]
+    for _, n in counts:
+        cum.append(cum[-1] + n)
+    for i in range(1, len(counts) + 1):
+        length = counts[i - 1][0]
+        options = [(best[j] + overhead + (cum[i] - cum[j]) * length, j) for j in range(i)]
+        cost, j = min(options)
+        best.append(cost)
+        cut.append(j)
+    ends, i = [], len(counts)
+    while i > 0:
+        ends.append(i)
+        i = cut[i]
+    return tuple(reversed(ends))
+
+
+def _bucketed_last_logits(model: Any, ids: torch.Tensor, last: torch.Tensor, overhead: int) -> torch.Tensor:
+    """last_logits over rows of different lengths, in as many passes as `_plan_buckets` says pays off."""
+    lengths = last + 1
+    order = torch.argsort(lengths)
+    sorted_len = lengths[order]
+    values, n_rows = torch.unique_consecutive(sorted_len, return_counts=True)
+    counts = tuple(zip(values.tolist(), n_rows.tolist()))
+    ends = _plan_buckets(counts, overhead)
+    if len(ends) == 1:
+        return last_logits(model, last, input_ids=ids[:, : int(lengths.max())])
+    out: torch.Tensor | None = None
+    row_ends = torch.cumsum(n_rows, 0).tolist()
+    start = 0
+    for end in ends:
+        stop = row_ends[end - 1]
+        rows = order[start:stop]
+        width = counts[end - 1][0]
+        logits = last_logits(model, last[rows], input_ids=ids[rows, :width])
+        if out is None:
+            out = logits.new_empty((len(ids), logits.shape[-1]))
+        out[rows] = logits
+        start = stop
+    return out
 
 
 def _hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:  # (rows, vocab), (rows,) -> (rows,)
@@ -143,8 +197,7 @@ def reagent(
             parts.append(z)
             part_last.append(last[probe_rows])
         batch_last = torch.cat(part_last)
-        width = int(batch_last.max()) + 1
-        logits = last_logits(model, batch_last, input_ids=torch.cat(parts)[:, :width]).double()  # (rows, vocab)
+        logits = _bucketed_last_logits(model, torch.cat(parts), batch_last, cfg.pass_overhead_tokens).double()
 
         offset = 0
         if p_orig is None:
