@@ -96,3 +96,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def report_rows(df: pd.DataFrame, out_dir: object) -> list[object]:
+    """`orchestrator report` hook: the per-method table (the original's log ratios against random)."""
+    return [method_table(df)]

@@ -4,6 +4,8 @@
 - `attribution.sequence`: sequence level; greedy generation of `max_new_tokens` per prompt, every
   `stride`-th generated token attributed (the original attributed every token and scored every
   stride-th; only the scored ones are attributed here).
+- `attribution.planted`: a check, not in the paper: the copy task of `tasks.attribution.planted`,
+  where the answer sits at a known position (model "tiny-gpt2-copy", trained on first use).
 Rows: one per (example, target token) for this run's method: soft_ns, soft_nc and the same for a
 random attribution (random_soft_ns, random_soft_nc), with the example and token text. Aggregates
 (log ratios per method, per example) are in `tasks.attribution.report`.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -73,11 +76,29 @@ class SequenceParams(AttributionParams):
     original_sequence_attention: bool = False  # True: "attention" = inseq's (last layer, no softmax)
 
 
+class PlantedParams(AttributionParams):
+    """ReAGent keeps 2 (the answer needs the marked token and the query) with tolerance 1: with keep 3
+    of 8 tokens a random initial ranking often passes the stop check before learning anything."""
+
+    model: str = "tiny-gpt2-copy"
+    n_examples: int = Field(16, ge=1)
+    keep_top_n: int = Field(2, ge=0)
+    stop_top_k: int = Field(1, ge=0)
+    replace_ratio: float = Field(0.3, ge=0, le=1)
+    max_steps: int = Field(300, ge=1)
+    sampler: Literal["pos", "uniform", "inferential"] = "uniform"
+
+
 def load(params: AttributionParams, ctx: RunContext) -> dict[str, Any]:
-    """The causal LM and tokenizer (eager attention, so attention baselines get weights), plus a sampler memo."""
+    """The causal LM and tokenizer (eager attention, so attention baselines get weights), plus a sampler memo.
+
+    Besides every name `tasks.common.models.load_causal_lm` takes: "tiny-gpt2-copy" (the planted model).
+    """
+    from tasks.attribution import planted
     from tasks.common.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(params.model, device=ctx.device, dtype=params.dtype, attn_implementation="eager")
+    source = planted.copy_model_path() if params.model in planted.BUILTIN else params.model
+    model, tokenizer = load_causal_lm(source, device=ctx.device, dtype=params.dtype, attn_implementation="eager")
     return {"model": model, "tokenizer": tokenizer, "samplers": {}}
 
 
@@ -103,7 +124,7 @@ def _sampler(setup: dict[str, Any], params: AttributionParams, device: str) -> t
 
 def _score(
     setup: dict[str, Any], params: AttributionParams, ctx: RunContext, items: list[tuple[dict[str, Any], list[int], int]],
-    method: str, normalization: str,
+    method: str, normalization: str, extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Attribute and score each (row fields, prefix ids, target id); one row each."""
     import torch
@@ -140,17 +161,39 @@ def _score(
             rand = random_scores(len(ids), gen_metric, device)
             own, rnd = soft_metrics(model, ids, [a.scores, rand], gen_metric, params.distance)
             rows.append({
-                **fields, "method": method, "target_id": int(y), "prefix_len": len(ids),
+                **fields, "method": params.method, "target_id": int(y), "prefix_len": len(ids),
                 "soft_ns": own.soft_ns, "soft_nc": own.soft_nc,
                 "random_soft_ns": rnd.soft_ns, "random_soft_nc": rnd.soft_nc,
                 "n_steps": a.n_steps, "converged": a.converged,
                 "rationale": None if a.rationale is None else ",".join(map(str, a.rationale)),
                 "sampler_used": sampler_used or None, "attr_seconds": seconds,
+                **(extra(fields, a.scores) if extra is not None else {}),
             })
             saved.append({**{k: fields[k] for k in fields if k.endswith(("_id", "_pos", "_index"))},
                           "scores": [float(s) for s in a.scores]})
     (ctx.artifact_dir / "importance.json").write_text(json.dumps(saved))
     return rows
+
+
+@task("attribution.planted", params=PlantedParams, version=1, setup=load, setup_keys=("model", "dtype"),
+      resources={"num_cpus": 1})
+def planted_copy(params: PlantedParams, ctx: RunContext) -> list[dict[str, Any]]:
+    """Planted-answer check: attribute the copy model's answer; a faithful method finds the marked token."""
+    import torch
+
+    from tasks.attribution import planted
+
+    tokenizer = ctx.setup["tokenizer"]
+    x, y, pos = planted.copy_batch(params.n_examples, torch.Generator().manual_seed(ctx.seed))
+    items = [({"example_id": i, "example_text": "|".join(tokenizer.decode([t]) for t in x[i].tolist()),
+               "target_pos": planted.LENGTH, "target_token": tokenizer.decode([int(y[i])]), "marked_pos": int(pos[i])},
+              x[i].tolist(), int(y[i])) for i in range(params.n_examples)]
+
+    def marked(fields: dict[str, Any], scores: Any) -> dict[str, Any]:
+        p = fields["marked_pos"]
+        return {"mass_on_marked": float(scores[p]), "top_is_marked": int(scores[:-1].argmax()) == p}
+
+    return _score(ctx.setup, params, ctx, items, params.method, params.normalization, extra=marked)
 
 
 @task("attribution.analogies", params=AnalogyParams, version=1, setup=load, setup_keys=("model", "dtype"),

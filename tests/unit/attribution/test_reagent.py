@@ -130,3 +130,25 @@ def test_config_rejects_bad_settings():
         ReagentConfig(replace_ratio=1.5)
     with pytest.raises(ValueError, match="on_no_convergence"):
         ReagentConfig(on_no_convergence="zero")
+
+
+def test_length_buckets_plan():
+    # invariant: passes split only when the padding saved exceeds the per-pass overhead
+    from tasks.attribution.ops.reagent import _plan_buckets
+
+    counts = ((5, 10), (30, 10))
+    assert _plan_buckets(counts, 0) == (1, 2)  # no overhead: never pad
+    assert _plan_buckets(counts, 10_000) == (2,)  # huge overhead: one pass
+    assert _plan_buckets(((5, 10), (6, 10), (30, 10)), 50) == (2, 3)
+
+
+def test_bucketed_logits_equal_per_row_logits(tiny_lm):
+    # invariant: splitting a pass by length changes no row's logits
+    from tasks.attribution.ops.reagent import _bucketed_last_logits
+
+    model, _ = tiny_lm
+    seqs = [IDS[:2], IDS, IDS[:3], IDS[1:]]
+    ids, lengths = right_pad(seqs)
+    split = _bucketed_last_logits(model, ids, lengths - 1, overhead=0)
+    whole = last_logits(model, lengths - 1, input_ids=ids)
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)

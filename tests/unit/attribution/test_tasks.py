@@ -146,3 +146,25 @@ def test_example_table_matches_readme_layout():
     first = table[(table.method == "reagent") & (table.prompt_id == 0)].iloc[0]
     assert first.target_tokens == "t0$t1"
     assert first.metric_soft_ns == pytest.approx(math.log(0.8 / 0.04))
+
+
+def test_planted_task_finds_the_answer(monkeypatch, copy_lm, tmp_path):
+    # invariant: on the planted model, ReAGent's rows put the top weight on the marked token and beat
+    # random on Soft-NS, while softmaxed attention does not find it as often
+    from tasks.attribution import task as task_module
+
+    monkeypatch.setattr(task_module, "load", lambda params, ctx: {"model": copy_lm.model, "tokenizer": copy_lm.tokenizer,
+                                                                   "samplers": {}})
+    td = get_task("attribution.planted")
+    out = {}
+    for method in ("reagent", "attention"):
+        p = td.params(method=method, n_examples=12)
+        ctx = local_context(seed=3)
+        ctx.setup = task_module.load(p, ctx)
+        out[method] = pd.DataFrame(td.fn(p, ctx))
+    reagent_rows = out["reagent"]
+    assert len(reagent_rows) == 12 and {"marked_pos", "mass_on_marked", "top_is_marked"} <= set(reagent_rows)
+    assert reagent_rows.top_is_marked.mean() >= 0.7
+    assert reagent_rows.soft_ns.mean() > reagent_rows.random_soft_ns.mean()
+    table = method_table(pd.concat(out.values())).set_index("method")
+    assert table.loc["reagent", "log_ratio_ns"] > table.loc["attention", "log_ratio_ns"]
