@@ -52,6 +52,7 @@ class AttributionParams(TaskParams):
     target_batch: int = Field(8, ge=1)  # ReAGent targets run together
     # baselines and metrics
     normalization: Literal["original", "softmax", "sum"] = "original"
+    internal_batch_size: int | None = Field(None, ge=1)  # integrated_gradients: points per backward (memory)
     distance: Literal["sq_hellinger_sqrt2", "hellinger"] = "sq_hellinger_sqrt2"
 
 
@@ -155,7 +156,8 @@ def _score(
         prefixes = [torch.tensor(p, dtype=torch.long, device=device) for _, p, _ in part]
         t0 = time.perf_counter()
         attrs = attribute(method, model, tokenizer, prefixes, [y for _, _, y in part], reagent_config=cfg,
-                          sampler=sampler, generator=gen_attr, seed=ctx.seed + start, normalization=normalization)
+                          sampler=sampler, generator=gen_attr, seed=ctx.seed + start, normalization=normalization,
+                          internal_batch_size=params.internal_batch_size)
         seconds = (time.perf_counter() - t0) / len(part)
         for (fields, _, y), ids, a in zip(part, prefixes, attrs):
             rand = random_scores(len(ids), gen_metric, device)

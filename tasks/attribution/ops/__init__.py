@@ -58,6 +58,7 @@ def attribute(
     generator: torch.Generator | None = None,
     seed: int = 0,
     normalization: str = "original",
+    internal_batch_size: int | None = None,
 ) -> list[Attribution]:
     """One `Attribution` per (prefix, target)."""
     if method not in METHODS:
@@ -70,6 +71,7 @@ def attribute(
         return [Attribution(r.scores, r.n_steps, r.n_converged > 0, r.rationale) for r in results]
     fn = _baseline_fn(method)
     return [
-        Attribution(fn(model, ids, int(y), tokenizer=tokenizer, normalization=normalization, seed=seed + i).cpu())
+        Attribution(fn(model, ids, int(y), tokenizer=tokenizer, normalization=normalization, seed=seed + i,
+                       internal_batch_size=internal_batch_size).cpu())
         for i, (ids, y) in enumerate(zip(prefixes, targets))
     ]
