@@ -168,3 +168,12 @@ def test_planted_task_finds_the_answer(monkeypatch, copy_lm, tmp_path):
     assert reagent_rows.soft_ns.mean() > reagent_rows.random_soft_ns.mean()
     table = method_table(pd.concat(out.values())).set_index("method")
     assert table.loc["reagent", "log_ratio_ns"] > table.loc["attention", "log_ratio_ns"]
+
+
+def test_float64_model_runs_every_method():
+    # invariant: the original's evaluation precision (float64 model) works for every method
+    rows = []
+    for method in ("reagent", "integrated_gradients", "gradient_shap", "attention_rollout", "norm"):
+        out, _ = _run("attribution.sequence", method=method, dtype="float64", max_prompts=1, max_new_tokens=1, **FAST)
+        rows += out
+    assert len(rows) == 5 and all(math.isfinite(r["soft_nc"]) for r in rows)
