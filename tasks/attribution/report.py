@@ -1,6 +1,8 @@
 """Summary tables of the attribution rows, as the ReAGent original reported them.
 
-- `method_table(df)`: one line per method (and model / dataset / task when present): mean Soft-NS,
+- `method_table(df)`: one line per method (and model / dataset / task when present, and any ReAGent
+  or metric setting that varies, e.g. the robustness stage's replace_ratio x max_steps x num_probes;
+  seeds are pooled): mean Soft-NS,
   Soft-NC and their random-baseline means, and the log ratios the original tabulated,
     log_ratio_ns = ln(sum_e NS_e / sum_e randomNS_e), NS_e = mean over example e's target tokens,
   which is ln(mean NS / mean random NS) at token level (one target per example;
@@ -19,6 +21,9 @@ import numpy as np
 import pandas as pd
 
 GROUP_CANDIDATES = ("task", "model", "dataset", "prompts", "method")
+# settings that split a table when they vary (seed does not: repetitions are pooled)
+SETTING_COLUMNS = ("dtype", "keep_top_n", "keep_ratio", "stop_top_k", "replace_ratio", "max_steps", "num_probes",
+                   "sampler", "normalization", "distance", "original_sequence_attention")
 METRICS = ("soft_ns", "random_soft_ns", "soft_nc", "random_soft_nc")
 
 
@@ -35,7 +40,11 @@ def _log_ratio(num: float, den: float) -> float:
 
 
 def _groups(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
-    cols = [c for c in GROUP_CANDIDATES if c in df.columns] if by is None else list(by)
+    if by is None:
+        cols = [c for c in GROUP_CANDIDATES if c in df.columns]
+        cols += [c for c in SETTING_COLUMNS if c in df.columns and df[c].nunique(dropna=False) > 1]
+    else:
+        cols = list(by)
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise KeyError(f"group columns {missing} are not in the rows; columns: {', '.join(df.columns)}")

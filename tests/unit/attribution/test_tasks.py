@@ -177,3 +177,11 @@ def test_float64_model_runs_every_method():
         out, _ = _run("attribution.sequence", method=method, dtype="float64", max_prompts=1, max_new_tokens=1, **FAST)
         rows += out
     assert len(rows) == 5 and all(math.isfinite(r["soft_nc"]) for r in rows)
+
+
+def test_method_table_splits_on_varying_settings():
+    # invariant: a varying ReAGent setting gets its own lines; seeds are pooled
+    df = _fake_rows()
+    df = pd.concat([df.assign(replace_ratio=0.1, seed=0), df.assign(replace_ratio=0.3, seed=1)])
+    table = method_table(df)
+    assert len(table) == 4 and "replace_ratio" in table.columns and "seed" not in table.columns
