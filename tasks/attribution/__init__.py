@@ -1,0 +1,13 @@
+"""Attribution family: ReAGent and seven baselines, scored by Soft-NS / Soft-NC (Zhao and Shan 2024)."""
+
+TASKS = {
+    "attribution.analogies": "tasks.attribution.task:analogies",
+    "attribution.sequence": "tasks.attribution.task:sequence",
+    "attribution.planted": "tasks.attribution.task:planted_copy",
+}
+
+REPORTS = {
+    "attribution.analogies": "tasks.attribution.report:report_rows",
+    "attribution.sequence": "tasks.attribution.report:report_rows",
+    "attribution.planted": "tasks.attribution.report:report_rows",
+}
