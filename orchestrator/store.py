@@ -65,19 +65,17 @@ def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _infer_table(rows: list[dict[str, Any]]) -> pa.Table:
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types across rows of one column (an int here, a string there): store that column as text.
-        columns = {k for row in rows for k in row}
-        fixed = []
-        for name in columns:
-            try:
-                pa.array([row.get(name) for row in rows])
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                fixed.append(name)
-        rows = [{k: (json.dumps(v) if k in fixed and v is not None else v) for k, v in row.items()} for row in rows]
-        return pa.Table.from_pylist(rows)
+    """A table of every column any row has (rows missing a column hold null there)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    arrays = {}
+    for name in columns:
+        values = [row.get(name) for row in rows]
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # mixed types in one column (an int here, a string there): store that column as JSON text
+            arrays[name] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+    return pa.table(arrays)
 
 
 class ResultStore:

@@ -72,3 +72,14 @@ def test_duckdb_reads_the_parts(tmp_path: Path) -> None:
         f"SELECT count(*), sum(value), count(extra) FROM read_parquet('{glob}', union_by_name=true)"
     ).fetchall()
     assert (count, total, extras) == (3, 6, 1)
+
+
+def test_columns_missing_from_the_first_row_are_kept(tmp_path: Path) -> None:
+    # Invariant: a column that only later rows have (an aggregate row's metrics) is stored, not dropped.
+    store = ResultStore(str(tmp_path), "sweep")
+    store.write_rows("s", [{"run_id": "a", "attempt": 1, "status": "ok", "example": 1},
+                           {"run_id": "a", "attempt": 1, "status": "ok", "success": 0.5, "mixed": "x"},
+                           {"run_id": "a", "attempt": 1, "status": "ok", "mixed": 3}])
+    table = store.read_stage("s")
+    assert table.column("success").to_pylist() == [None, 0.5, None]
+    assert table.column("mixed").to_pylist() == [None, '"x"', "3"]
