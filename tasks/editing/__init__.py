@@ -1,0 +1,8 @@
+"""Model editing: canonical-examples fine-tuning (Hewitt et al. 2024), ROME edits and causal tracing
+(Meng et al. 2022). Cheap to import: the task modules load torch lazily."""
+
+TASKS = {
+    "editing.finetune": "tasks.editing.task:finetune",
+    "editing.rome": "tasks.editing.task:rome_edit",
+    "editing.causal_trace": "tasks.editing.task:causal_trace",
+}
