@@ -73,6 +73,7 @@ def prepare_model(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
     trained = copy.deepcopy(model)
+    trained.zero_grad(set_to_none=True)  # deepcopy copies .grad too
     trained.eval()  # dropout off during training, as the original
     n_layers = _arch.n_layers(trained)
     if method == "full":

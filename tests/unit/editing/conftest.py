@@ -71,6 +71,7 @@ def tiny_lm(_one_torch_thread):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    model.zero_grad(set_to_none=True)
     model.eval()
     return model, tokenizer
 
