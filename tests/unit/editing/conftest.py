@@ -117,7 +117,7 @@ def planted(_one_torch_thread):
     - embeddings, the untied unembedding, layer norms and every other MLP are frozen (random);
     so the only trainable map from subject to city is MLP PLANTED_LAYER at the subject's last token.
     Half of the training prompts get a random filler prefix, so the facts hold at shifted positions
-    (ROME's context templates). Trained to >= 99% accuracy in ~120 full-batch steps.
+    (ROME's context templates). Trained to >= 99% accuracy in 200 full-batch steps.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -180,15 +180,18 @@ def planted(_one_torch_thread):
         return ids, torch.tensor([len(s) - 1 for s in seqs]), torch.tensor(answers)
 
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(120):
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / 200)
+    for _ in range(200):
         ids, last_pos, answers = batch(0.5)
         logits = model(input_ids=ids).logits[torch.arange(len(answers)), last_pos]
         loss = torch.nn.functional.cross_entropy(logits, answers)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        schedule.step()
     for h in hooks:
         h.remove()
+    model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(True)  # as a loaded model: the tasks must not rely on frozen parameters
     with torch.no_grad():
