@@ -179,6 +179,7 @@ class RomeParams(TaskParams):
     clamp_norm_factor: float = Field(4.0, gt=0)
     mom2_adjustment: bool = True
     template_lengths: list[tuple[int, int]] = [(5, 10), (10, 10)]  # (tokens, count) of sampled prefixes
+    context_templates: list[str] | None = None  # fixed templates with "{}" instead of sampled ones
     cov_text: str = "builtin"  # builtin | val100 | jsonl path: text for C = E[k k^T]
     cov_docs: int = Field(1000, ge=1)
     cov_ridge: float = Field(0.0, ge=0)
@@ -193,6 +194,10 @@ class RomeParams(TaskParams):
             raise ValueError("subject, prompt and target_new must be given together (or none: a built-in fact)")
         if self.prompt is not None and "{}" not in self.prompt:
             raise ValueError(f"prompt must contain '{{}}' for the subject, got prompt={self.prompt!r}")
+        if self.context_templates is not None and (
+            not self.context_templates or self.context_templates[0] != "{}" or any("{}" not in t for t in self.context_templates)
+        ):
+            raise ValueError('context_templates must start with "{}" (the bare prompt) and each contain "{}"')
         return self
 
 
@@ -216,7 +221,7 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
     request = _rome_request(params, model, tokenizer, device)
     max_length = min(params.max_length, _arch.max_positions(model))
 
-    templates = _cached(
+    templates = params.context_templates or _cached(
         model, ("templates", tuple(map(tuple, params.template_lengths)), ctx.seed),
         lambda: rome.sample_context_templates(model, tokenizer, params.template_lengths, ctx.seed, device),
     )

@@ -100,7 +100,7 @@ def _word_tokenizer(words: list[str]):
 
     vocab = {w: i for i, w in enumerate(dict.fromkeys(["<|endoftext|>", "[UNK]", *words]))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation
     return _fast_tokenizer(tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="[UNK]")
 
 
@@ -114,7 +114,8 @@ def planted(_one_torch_thread):
     - the last names are unique per subject, first names are shared (4 of them) and carry no answer;
     - layers after PLANTED_LAYER have attention with a frozen identity value/output map (only queries and
       keys train): they can move information to the last token but cannot store a subject -> city map;
-    - embeddings, the untied unembedding, layer norms and every other MLP are frozen (random);
+    - embeddings (std 0.1, so the trained MLP output dominates its residual), the untied unembedding,
+      layer norms and every other MLP are frozen (random);
     so the only trainable map from subject to city is MLP PLANTED_LAYER at the subject's last token.
     Half of the training prompts get a random filler prefix, so the facts hold at shifted positions
     (ROME's context templates). Trained to >= 99% accuracy in 200 full-batch steps.
@@ -139,7 +140,7 @@ def planted(_one_torch_thread):
     model = GPT2LMHeadModel(config).eval()
     hooks = []
     with torch.no_grad():
-        model.transformer.wte.weight.normal_(0, 1.0)
+        model.transformer.wte.weight.normal_(0, 0.1)
         model.lm_head.weight.normal_(0, 1.0)
         for p in model.parameters():
             p.requires_grad_(False)

@@ -94,49 +94,82 @@ def _run(setup, **kwargs):
     return rome_edit(params, ctx)
 
 
+TEMPLATES = ["{}", "the a . {}", "it was on the . {}", "he . {}", "by a and of to . {}", "she was at . {}"]
+
+
 @pytest.fixture(scope="module")
 def planted_edit(planted, tmp_path_factory):
-    # edit fact 0 of the planted model at its planted layer; C from random word sequences in a jsonl
-    rng = random.Random(3)
-    words = [w for w in planted.tokenizer.get_vocab() if not w.startswith(("<", "["))]
+    # edit fact 0 of the planted model at its planted layer; C from random word sequences in a jsonl.
+    # Fixed filler prefixes as context templates: this toy model only ever generates city tokens, so
+    # sampled templates would put the old answer into every prefix. cov_ridge 1e-2: the layer's keys
+    # depend on (token, position) only and lie near a 64-dim manifold of the 256-dim key space, so C is
+    # ill-conditioned (the released hparams are kept otherwise).
+    rng = random.Random(0)
+    words = sorted(w for w in planted.tokenizer.get_vocab() if not w.startswith(("<", "[")))
+    texts = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
     path = tmp_path_factory.mktemp("cov") / "cov.jsonl"
-    with open(path, "w") as handle:
-        for _ in range(300):
-            handle.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(12))}) + "\n")
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     subject, city = planted.facts[0]
     new_city = "c7" if city != "c7" else "c6"
-    others = [s for s, c in planted.facts[1:] if c == city][:8]
+    same_city = [s for s, c in planted.facts[1:] if c == city]
     before = {k: v.detach().clone() for k, v in planted.model.state_dict().items()}
     rows = _run(
         (planted.model, planted.tokenizer), subject=subject, prompt="{} lives in", target_new=new_city,
-        target_true=city, paraphrases=["the a . {} lives in"], neighborhood=[f"{s} lives in" for s in others],
-        layer=planted.layer, template_lengths=[(4, 4), (8, 4)], cov_text=str(path),
+        target_true=city, paraphrases=["to the . {} lives in"], neighborhood=[f"{s} lives in" for s in same_city],
+        layer=planted.layer, cov_text=str(path), cov_ridge=1e-2, context_templates=TEMPLATES,
     )
-    return rows, before, len(others)
+    return rows, before, len(same_city), texts, (subject, new_city)
 
 
 def test_rome_edit_makes_the_new_fact_win_while_unrelated_prompts_barely_move(planted_edit):
-    rows, _, n_neighbours = planted_edit
+    rows, _, n_neighbours, _, _ = planted_edit
     rewrite = next(r for r in rows if r.get("prompt_type") == "rewrite")
     assert rewrite["p_new_before"] < 0.01 < 0.99 < rewrite["p_true_before"]
     assert rewrite["p_new_after"] > rewrite["p_true_after"]
-    assert rewrite["p_new_after"] > 0.5
+    assert rewrite["p_new_after"] > 0.9
     neighbours = [r for r in rows if r.get("prompt_type") == "neighborhood"]
     assert len(neighbours) == n_neighbours >= 3
     changes = [abs(r["p_true_after"] - r["p_true_before"]) for r in neighbours]
-    assert max(changes) < 0.01  # measured: other subjects with the same city keep it (max ~0.002)
+    assert sum(changes) / len(changes) < 0.02  # measured ~0.004: same-city subjects keep their city
     assert all(r["p_true_after"] > r["p_new_after"] for r in neighbours)
     agg = next(r for r in rows if r["level"] == "aggregate")
     assert agg["efficacy_score"] == 1.0 and agg["efficacy_score_before"] == 0.0
     assert agg["neighborhood_score"] == 1.0
-    assert agg["paraphrase_score"] == 1.0  # the fact moved also behind a filler prefix (shifted positions)
-    assert abs(agg["degradation_general"]) < 0.05  # loss on the covariance text barely moves (~0.6%)
     assert agg["neighborhood_abs_change"] == pytest.approx(sum(changes) / len(changes))
+    assert agg["paraphrase_score"] == 1.0  # the fact moved also behind a filler prefix (shifted positions)
+    assert abs(agg["degradation_general"]) < 0.02  # loss on the covariance text barely moves
     assert agg["edit_layer"] == 1 and agg["update_norm"] > 0
 
 
+def test_rome_edit_leaves_every_other_subject_alone(planted_edit, planted):
+    # all 47 other subjects (any city): p(own city) before vs after the same update, measured
+    _, _, _, texts, (subject, new_city) = planted_edit
+    model, tok = planted.model, planted.tokenizer
+    vocab = tok.get_vocab()
+    chunks = [tok(t)["input_ids"] for t in texts]
+    cov_inv = rome.inverse_second_moment(rome.second_moment(model, planted.layer, chunks, "cpu"), 1e-2)
+    update = rome.compute_rome_update(
+        model, tok, rome.RomeHparams(layer=planted.layer), "{} lives in", subject, new_city, TEMPLATES, cov_inv, "cpu"
+    )
+
+    def own_answers():
+        out = []
+        for s, city in planted.facts[1:]:
+            with torch.no_grad():
+                probs = model(input_ids=torch.tensor([tok(f"{s} lives in")["input_ids"]])).logits[0, -1].softmax(-1)
+            out.append((probs[vocab[city]].item(), int(probs.argmax()) == vocab[city]))
+        return out
+
+    before = own_answers()
+    with rome.applied_update(model, update):
+        after = own_answers()
+    changes = [abs(a[0] - b[0]) for a, b in zip(after, before)]
+    assert sum(changes) / len(changes) < 0.01  # measured ~0.001
+    assert all(kept for _, kept in after)
+
+
 def test_rome_task_leaks_nothing_into_the_setup_model(planted_edit, planted):
-    _, before, _ = planted_edit
+    _, before, _, _, _ = planted_edit
     state = planted.model.state_dict()
     assert all(torch.equal(state[k], before[k]) for k in before)
     assert all(p.requires_grad and p.grad is None for p in planted.model.parameters())
@@ -144,7 +177,8 @@ def test_rome_task_leaks_nothing_into_the_setup_model(planted_edit, planted):
 
 def test_rome_task_on_a_builtin_fact(tiny_lm):
     # the default request path (a built-in CounterFact-style fact, general text for C) runs end to end
-    rows = _run(tiny_lm, fact=0, layer=1, template_lengths=[(3, 2)], v_num_grad_steps=5, cov_ridge=1e-3)
+    # layer 0 of 2: an edit of the last layer at the subject cannot reach the last position
+    rows = _run(tiny_lm, fact=0, layer=0, template_lengths=[(3, 2)], cov_ridge=1e-3)
     kinds = [r.get("prompt_type") for r in rows if r["level"] == "prompt"]
     assert kinds == ["rewrite", "paraphrase", "neighborhood", "neighborhood"]
     agg = rows[-1]
