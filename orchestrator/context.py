@@ -27,21 +27,36 @@ class RunContext:
 
     `setup` holds what the task's `setup` function returned for this run's setup key (a loaded model,
     say); the orchestrator builds it once per worker and reuses it across runs that share the key.
-    `artifact_dir` is created empty for the run; files written there are kept only if the run succeeds.
+    `artifact_dir` (files kept if the run succeeds) and `scratch_dir` (deleted after the run) are
+    created empty on first use, so runs that write no files cost no file-system work.
     """
 
     run_id: str
     seed: int
-    artifact_dir: Path
-    scratch_dir: Path
+    artifact_path: Path
+    scratch_path: Path
     device: str = "cpu"
     gpu_ids: list[int] = field(default_factory=list)
     upstream: dict[str, list[Upstream]] = field(default_factory=dict)
     setup: Any = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("tasks"))
 
-    def upstream_one(self, stage: str) -> Upstream:
-        """The single upstream run of `stage` matching this run; a clear error when there is not exactly one."""
+    @property
+    def artifact_dir(self) -> Path:
+        self.artifact_path.mkdir(parents=True, exist_ok=True)
+        return self.artifact_path
+
+    @property
+    def scratch_dir(self) -> Path:
+        self.scratch_path.mkdir(parents=True, exist_ok=True)
+        return self.scratch_path
+
+    def upstream_one(self, stage: str | None = None) -> Upstream:
+        """The single upstream run of `stage` (default: the only stage this one needs) matching this run."""
+        if stage is None:
+            if len(self.upstream) != 1:
+                raise LookupError(f"run {self.run_id} needs {len(self.upstream)} upstream stages; name one")
+            stage = next(iter(self.upstream))
         found = self.upstream.get(stage, [])
         if len(found) != 1:
             raise LookupError(
@@ -56,7 +71,5 @@ def local_context(run_id: str = "local", seed: int = 0, root: Path | None = None
     import tempfile
 
     base = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="run-"))
-    artifact_dir, scratch_dir = base / "artifacts" / run_id, base / "scratch" / run_id
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    scratch_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(run_id=run_id, seed=seed, artifact_dir=artifact_dir, scratch_dir=scratch_dir, **kwargs)
+    return RunContext(run_id=run_id, seed=seed, artifact_path=base / "artifacts" / run_id,
+                      scratch_path=base / "scratch" / run_id, **kwargs)

@@ -8,4 +8,6 @@ TASKS = {
     "demo.allocate": "tasks.demo.task:allocate",
     "demo.vector": "tasks.demo.task:vector",
     "demo.vector_sum": "tasks.demo.task:vector_sum",
+    "demo.lookup": "tasks.demo.task:lookup",
+    "demo.spin": "tasks.demo.task:spin",
 }

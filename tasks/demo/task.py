@@ -115,6 +115,44 @@ def vector_sum(params: VectorSumParams, ctx: RunContext) -> dict[str, Any]:
     """Reads the upstream `vector` artifact with the same length and scale; sums its powers."""
     import numpy as np
 
-    upstream = ctx.upstream_one("vectors")
+    upstream = ctx.upstream_one()
     values = np.load(upstream.artifact_dir / "vector.npy")
     return {"total": float(np.sum(values**params.power)), "upstream_run": upstream.run_id}
+
+
+class LookupParams(TaskParams):
+    model: str
+    i: int = 0
+    load_seconds: float = Field(0.0, ge=0)
+
+
+def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
+    """A stand-in for an expensive model load: sleeps, then returns a table keyed by the model name."""
+    time.sleep(params.load_seconds)
+    return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(), "weights": [ord(c) for c in params.model]}
+
+
+@task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",))
+def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
+    """Uses the model its worker loaded (model-reuse tests): which model, loaded when, by which process."""
+    model = ctx.setup
+    return {
+        "served_by": model["name"],
+        "value": sum(model["weights"]) * params.i,
+        "loaded_at": model["loaded_at"],
+        "pid": model["pid"],
+    }
+
+
+class SpinParams(TaskParams):
+    i: int = 0
+    iterations: int = Field(2_000_000, ge=1)
+
+
+@task("demo.spin", params=SpinParams)
+def spin(params: SpinParams, ctx: RunContext) -> dict[str, Any]:
+    """A CPU-bound pure-Python loop (parallel speed-up benchmarks)."""
+    total = 0
+    for k in range(params.iterations):
+        total = (total + k * k) % 1_000_003
+    return {"checksum": total}

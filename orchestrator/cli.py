@@ -1,0 +1,229 @@
+"""Command line: `plan`, `run`, `status`, `retry`, `report`, `tasks` (also `python -m orchestrator`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.spec import load_spec
+from orchestrator.stages import StageSummary, Sweep
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+out = Console() if sys.stdout.isatty() else Console(width=200)
+
+SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (YAML).", show_default=False)]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides: key.path=value or param=value.")]
+ResultsOpt = Annotated[Optional[str], typer.Option("--results", help="Results root: a path or pyarrow.fs URI "
+                                                   "[env ORCHESTRATOR_RESULTS; spec `results:`; ./results].")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address [env RAY_ADDRESS; "
+                                                   "default: start a local Ray].")]
+CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="CPUs of a local Ray.")]
+GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
+StageOpt = Annotated[Optional[list[str]], typer.Option("--stage", help="Only these stages (repeatable).")]
+
+
+def _results_root(option: str | None, spec_results: str | None) -> str:
+    root = option or os.environ.get("ORCHESTRATOR_RESULTS") or spec_results or "results"
+    if "://" not in root and not os.path.isabs(root) and os.environ.get("RAY_JOB_ID"):
+        console.print(f"[yellow]warning:[/] results root '{root}' is relative inside a Ray job: it lands in the "
+                      "job's temporary working directory. Pass --results with an absolute path or URI.")
+    return root
+
+
+def _load(spec: Path, overrides: list[str] | None, results: str | None) -> Sweep:
+    loaded = load_spec(spec, overrides or [])
+    return Sweep(loaded, _results_root(results, loaded.spec.results))
+
+
+def _fail(exc: OrchestratorError) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _summary_table(title: str, summaries: list[StageSummary]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("stage", "task", "resources/run", "runs", "done", "failed", "to run", "note"):
+        table.add_column(column, justify="right" if column in ("runs", "done", "failed", "to run") else "left")
+    for s in summaries:
+        note = s.note
+        if s.stored_not_in_spec:
+            note = (note + "; " if note else "") + f"{s.stored_not_in_spec} stored runs no longer in the spec (kept)"
+        table.add_row(s.name, s.task, s.resources, "?" if s.total is None else str(s.total), str(s.ok),
+                      str(s.failed), "?" if s.to_run is None else str(s.to_run), note)
+    return table
+
+
+@app.command()
+def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
+    """Dry run: validate the spec and show, per stage, the runs, resources and how many are done. No Ray."""
+    try:
+        sweep = _load(spec, overrides, results)
+        sweep.validate()
+        summaries = sweep.summaries()
+    except OrchestratorError as exc:
+        _fail(exc)
+    out.print(_summary_table(f"plan: {sweep.loaded.name} -> {sweep.store.base}", summaries))
+
+
+@app.command()
+def status(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
+    """Per stage: done, failed and still to run, with the latest failures."""
+    try:
+        sweep = _load(spec, overrides, results)
+        summaries = sweep.summaries()
+    except OrchestratorError as exc:
+        _fail(exc)
+    out.print(_summary_table(f"status: {sweep.loaded.name}", summaries))
+    _print_failures(sweep, [s.name for s in summaries if s.failed])
+
+
+def _print_failures(sweep: Sweep, stages: list[str], limit: int = 5) -> None:
+    for name in stages:
+        table = sweep.store.read_stage(name, columns=["status", "error_type", "error"])
+        failed = [r for r in table.to_pylist() if r.get("status") == "failed"]
+        out.print(f"[red]{len(failed)} failed run(s) in stage {name}[/] (latest attempt), e.g.:")
+        for row in failed[:limit]:
+            out.print(escape(f"  {row['run_id']} [{row.get('error_type')}] {str(row.get('error'))[:200]}"),
+                      highlight=False)
+        out.print(f"  re-run them with: orchestrator retry {sweep.loaded.source.file}")
+
+
+class RichProgress:
+    """One bar per stage: done / total, failures, elapsed and ETA."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self.ids: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+
+    def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None:
+        if already_done:
+            console.print(f"{stage}: {already_done} of {total} runs already stored, {to_run} to run")
+        if not to_run:
+            return
+        if not self.ids:
+            self.progress.start()
+        self.failed[stage] = 0
+        self.ids[stage] = self.progress.add_task(stage, total=to_run, failed=0)
+
+    def advance(self, stage: str, ok: int, failed: int) -> None:
+        if stage not in self.ids:
+            return
+        self.failed[stage] += failed
+        self.progress.update(self.ids[stage], advance=ok + failed, failed=self.failed[stage])
+
+    def stage_finished(self, stage: str) -> None:
+        self.progress.refresh()
+
+    def close(self) -> None:
+        if self.ids:
+            self.progress.stop()
+
+
+def _execute(spec: Path, overrides: list[str] | None, results: str | None, address: str | None,
+             num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool) -> None:
+    from orchestrator import cluster
+    from orchestrator.runner import RunOptions, run_sweep
+
+    started = False
+    progress = RichProgress()
+    try:
+        sweep = _load(spec, overrides, results)
+        sweep.validate()
+        unknown = [s for s in stages or [] if s not in sweep.plans]
+        if unknown:
+            raise OrchestratorError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
+        clock = time.perf_counter()
+        def connect() -> None:
+            nonlocal started
+            started = cluster.connect(address, num_cpus, num_gpus)
+
+        outcomes = run_sweep(sweep, RunOptions(retry=retry, stages=stages), progress, connect)
+        progress.close()
+        executed = sum(o.executed for o in outcomes)
+        failed_now = sum(o.failed for o in outcomes)
+        console.print(f"{sweep.loaded.name}: executed {executed} runs ({failed_now} failed) in "
+                      f"{time.perf_counter() - clock:.1f}s; results in {sweep.store.base}")
+        summaries = sweep.summaries()
+    except OrchestratorError as exc:
+        progress.close()
+        _fail(exc)
+    except KeyboardInterrupt:
+        progress.close()
+        console.print("[yellow]interrupted:[/] finished runs are stored; run the same command to resume")
+        raise typer.Exit(130) from None
+    finally:
+        if started:
+            cluster.shutdown()
+    failing = [s.name for s in summaries if s.failed]
+    if failing:
+        _print_failures(sweep, failing)
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
+        num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None) -> None:
+    """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed."""
+    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False)
+
+
+@app.command()
+def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
+          num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None) -> None:
+    """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history."""
+    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True)
+
+
+@app.command()
+def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None,
+           out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where figures go [<results>/<sweep>/report].")] = None) -> None:
+    """Summary table per stage (metric means over the swept parameters) and each family's figures."""
+    from orchestrator.report import stage_report
+
+    try:
+        sweep = _load(spec, overrides, results)
+    except OrchestratorError as exc:
+        _fail(exc)
+    target = out_dir or Path(sweep.store.base) / "report"
+    for name in sweep.order:
+        for item in stage_report(sweep, name, target):
+            out.print(item)
+
+
+@app.command("tasks")
+def list_tasks() -> None:
+    """List registered tasks (without importing them)."""
+    from orchestrator.registry import task_map
+
+    table = Table("task", "defined in")
+    for name, target in sorted(task_map().items()):
+        table.add_row(name, target)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except OrchestratorError as exc:  # errors raised outside a command body
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Executing runs inside a worker: context, setup cache, per-run memory limit, failure capture.
+
+A failing run is a value (status, error type, message, traceback), never an exception that kills
+the chunk or the sweep.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.context import RunContext, Upstream
+from orchestrator.registry import TaskDef, get_task
+
+MEMORY_LIMIT, TASK_ERROR, BAD_OUTPUT, MISSING_UPSTREAM = "memory_limit", "task_error", "bad_output", "missing_upstream"
+SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass
+class RunPayload:
+    """What a worker needs to execute one run (small and picklable)."""
+
+    run_id: str
+    task: str
+    params: dict[str, Any]
+    seed: int
+    attempt: int
+    artifact_root: str | None  # local artifact root of the store, or None for remote stores
+    upstream: dict[str, list[Upstream]] = field(default_factory=dict)
+    memory_bytes: int | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    rows: list[dict[str, Any]]
+    started_at: float
+    duration_s: float
+    node: str
+    gpu: str | None
+    attempt: int
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    artifact_dir: str | None = None  # where the artifacts were left, for non-local stores
+
+
+def normalize_rows(output: Any) -> list[dict[str, Any]]:
+    """A task's return value as a list of flat dicts of scalars."""
+    if output is None:
+        return [{}]
+    if isinstance(output, dict):
+        rows = [output]
+    elif hasattr(output, "to_dict") and hasattr(output, "columns"):  # pandas DataFrame
+        rows = output.to_dict(orient="records")
+    elif hasattr(output, "to_pylist"):  # pyarrow Table
+        rows = output.to_pylist()
+    elif isinstance(output, list):
+        rows = output
+    else:
+        raise TypeError(f"a task must return a dict, a list of dicts or a table, got {type(output).__name__}")
+    clean = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"row {i} is a {type(row).__name__}, not a dict")
+        fixed = {}
+        for key, value in row.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+                value = value.item()
+            if not isinstance(value, SCALARS):
+                raise TypeError(f"row {i} column '{key}' holds a {type(value).__name__}; rows take scalars only")
+            fixed[str(key)] = value
+        clean.append(fixed)
+    return clean
+
+
+def _data_segment_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextmanager
+def memory_limit(limit_bytes: int | None, enabled: bool = True) -> Iterator[None]:
+    """Cap the process's data segment at its current size + `limit_bytes` for the duration of a run.
+
+    Ray's `memory=` only reserves; this makes an oversized allocation fail inside the run (MemoryError),
+    so it is recorded as `memory_limit` instead of taking the node down. Only the soft limit is lowered
+    and it is restored afterwards, so nothing leaks into the next run served by the same worker. Linux
+    only; skipped on GPU runs (CUDA maps large private regions).
+    """
+    current = _data_segment_bytes() if (limit_bytes and enabled) else None
+    if current is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    wanted = current + int(limit_bytes)  # type: ignore[arg-type]
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (wanted, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def classify_error(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return MEMORY_LIMIT
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "CUDA out of memory" in text:
+        return MEMORY_LIMIT
+    if isinstance(exc, (FileNotFoundError, LookupError)) and "upstream" in text:
+        return MISSING_UPSTREAM
+    return TASK_ERROR
+
+
+def _gpu_name(gpu_ids: list[int]) -> str | None:
+    if not gpu_ids or "torch" not in sys.modules:
+        return None
+    torch = sys.modules["torch"]
+    try:
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a missing driver must not fail the run
+        return None
+
+
+class SetupCache:
+    """Expensive per-task state (a loaded model), kept per worker, least recently used evicted."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.loads = 0
+
+    def get(self, task: TaskDef, params: Any, ctx: RunContext) -> Any:
+        if task.setup is None:
+            return None
+        key = (task.name, task.setup_key(params.model_dump()))
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        while len(self.entries) >= self.capacity:
+            self.entries.popitem(last=False)
+        state = task.setup(params, ctx)
+        self.loads += 1
+        self.entries[key] = state
+        return state
+
+
+def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> RunResult:
+    """Run one task call and capture everything about it; never raises for task failures."""
+    started, clock = time.time(), time.perf_counter()
+    work = _work_root() / f"{payload.run_id}-{payload.attempt}"
+    artifact_tmp, scratch = work / "artifacts", work / "scratch"
+    ctx = RunContext(
+        run_id=payload.run_id,
+        seed=payload.seed,
+        artifact_path=artifact_tmp,
+        scratch_path=scratch,
+        device="cuda" if gpu_ids else "cpu",
+        gpu_ids=list(gpu_ids),
+        upstream=payload.upstream,
+    )
+    result = RunResult(payload.run_id, "ok", [], started, 0.0, node_name(), None, payload.attempt)
+    keep_work = False
+    try:
+        task = get_task(payload.task)
+        params = task.params.model_validate(payload.params)
+        for stage, runs in payload.upstream.items():
+            for up in runs:
+                if not up.artifact_dir.is_dir():
+                    raise FileNotFoundError(
+                        f"upstream artifacts of stage '{stage}' run {up.run_id} are missing: {up.artifact_dir}"
+                    )
+        ctx.setup = cache.get(task, params, ctx)
+        with memory_limit(payload.memory_bytes, enabled=not gpu_ids):
+            output = task.fn(params, ctx)
+        try:
+            result.rows = normalize_rows(output)
+        except TypeError as exc:
+            result.status, result.error_type, result.error = "failed", BAD_OUTPUT, str(exc)
+        if result.status == "ok" and artifact_tmp.is_dir():
+            if payload.artifact_root is not None:
+                _publish_local(Path(payload.artifact_root) / payload.run_id, artifact_tmp)
+            elif any(artifact_tmp.iterdir()):
+                result.artifact_dir, keep_work = str(artifact_tmp), True
+    except BaseException as exc:  # noqa: BLE001 - failures are rows
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        result.status = "failed"
+        result.error_type = classify_error(exc)
+        result.error = f"{type(exc).__name__}: {exc}"[:4000]
+        result.traceback = traceback.format_exc()[-20000:]
+        result.rows = []
+    finally:
+        if not keep_work and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    result.duration_s = time.perf_counter() - clock
+    result.gpu = _gpu_name(gpu_ids)
+    return result
+
+
+_WORK_ROOT: Path | None = None
+
+
+def _work_root() -> Path:
+    """One temporary directory per worker process, under which runs get their directories on demand."""
+    global _WORK_ROOT
+    if _WORK_ROOT is None:
+        _WORK_ROOT = Path(tempfile.mkdtemp(prefix="orchestrator-worker-"))
+    return _WORK_ROOT
+
+
+def _publish_local(target: Path, source: Path) -> None:
+    if not any(source.iterdir()):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(source), str(target))
+
+
+def node_name() -> str:
+    """host:ray-node-id (short), unique per node even when several nodes share a host."""
+    host = socket.gethostname()
+    if "ray" not in sys.modules:
+        return host
+    import ray
+
+    try:
+        return f"{host}:{ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:  # noqa: BLE001
+        return host
+
+
+def current_gpu_ids() -> list[int]:
+    """GPU ids Ray assigned to this worker ([] outside Ray or without GPUs)."""
+    if "ray" not in sys.modules:
+        return []
+    import ray
+
+    try:
+        return [int(g) for g in ray.get_gpu_ids()]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def execute_chunk(payloads: list[RunPayload], cache: SetupCache) -> list[RunResult]:
+    gpu_ids = current_gpu_ids()
+    return [execute_run(p, cache, gpu_ids) for p in payloads]
+
+
+_WORKER_CACHE = SetupCache()
+
+
+def worker_cache() -> SetupCache:
+    """The setup cache of this worker process (stateless Ray tasks share it across calls)."""
+    return _WORKER_CACHE

@@ -1,0 +1,82 @@
+"""`report`: a summary table per stage, plus the figures and tables each task family provides.
+
+A family adds report hooks in its `__init__.py`: `REPORTS = {"family.task": "module:function"}` where
+`function(df, out_dir) -> list` of figure paths written, pandas DataFrames (printed as tables) or text;
+`df` holds the stage's ok rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+from orchestrator.stages import RESERVED_COLUMNS, Sweep
+
+MAX_ROWS = 40
+MAX_METRICS = 8
+
+
+def report_hooks() -> dict[str, str]:
+    import pkgutil
+
+    import tasks
+
+    hooks: dict[str, str] = {}
+    for info in pkgutil.iter_modules(tasks.__path__):
+        if info.ispkg:
+            hooks.update(getattr(importlib.import_module(f"tasks.{info.name}"), "REPORTS", {}))
+    return hooks
+
+
+def summary_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """Mean of every numeric metric over the parameters that vary, ok runs only."""
+    ok = df[df["status"] == "ok"]
+    varying = [p for p in params if p in ok.columns and ok[p].nunique(dropna=False) > 1]
+    metrics = [c for c in ok.columns if c not in RESERVED_COLUMNS and c not in params
+               and pd.api.types.is_numeric_dtype(ok[c]) and not pd.api.types.is_bool_dtype(ok[c])]
+    metrics = [c for c in metrics if ok[c].notna().any()][:MAX_METRICS]
+    if not metrics:
+        return pd.DataFrame()
+    if not varying:
+        return ok[metrics].mean().to_frame("mean").T
+    return ok.groupby(varying, dropna=False)[metrics].mean().reset_index()
+
+
+def _table(title: str, frame: pd.DataFrame) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.head(MAX_ROWS).itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    if len(frame) > MAX_ROWS:
+        table.caption = f"{len(frame) - MAX_ROWS} more rows: read the Parquet files for all"
+    return table
+
+
+def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
+    table = sweep.store.read_stage(stage)
+    if table.num_rows == 0:
+        return [f"{stage}: no results yet"]
+    df = table.to_pandas()
+    plan = sweep.plans[stage]
+    counts = df.drop_duplicates("run_id")["status"].value_counts().to_dict()
+    items: list[Any] = [f"[bold]{stage}[/] ({plan.task.name}): " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    target = report_hooks().get(plan.task.name)
+    summary = summary_frame(df, list(plan.task.params.model_fields))
+    if not target and not summary.empty:
+        items.append(_table(f"{stage}: mean of each metric (first {MAX_METRICS})", summary))
+    if target:
+        module, _, attr = target.partition(":")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in getattr(importlib.import_module(module), attr)(df[df["status"] == "ok"], out_dir / stage):
+            if isinstance(item, pd.DataFrame):
+                items.append(_table(f"{stage}: {plan.task.name}", item))
+            elif isinstance(item, Path):
+                items.append(f"{stage}: figure written to {item}")
+            else:
+                items.append(item)
+    return items

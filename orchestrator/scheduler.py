@@ -1,0 +1,302 @@
+"""Submitting runs to Ray: bounded windows, run fusion, warm-model actors, retries with backoff.
+
+- Stateless tasks: each Ray task executes a *chunk* of runs; the chunk grows until it holds about
+  `target_chunk_s` of work, so 10,000 millisecond runs cost far less than 10,000 bare Ray tasks.
+- Tasks with a `setup` (a model): a pool of long-lived actors, each keeping its loaded setups; a chunk
+  of runs sharing a setup key goes to the actor that already holds that key when one is free.
+- System failures (worker or node died, OOM kill) are retried up to `retries.system` times with
+  exponential backoff, one run per task so a poison run cannot take its neighbours down; exceptions
+  in the task are retried only `retries.errors` times. A run that still fails becomes a failure row.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from orchestrator.execute import RunPayload, RunResult, SetupCache, execute_chunk, worker_cache
+from orchestrator.registry import TaskDef
+from orchestrator.spec import Resources, Retries
+
+SYSTEM_ERRORS = {
+    "OutOfMemoryError": "out_of_memory",
+    "NodeDiedError": "node_died",
+    "WorkerCrashedError": "worker_died",
+    "ActorDiedError": "worker_died",
+    "ActorUnavailableError": "worker_died",
+    "ObjectLostError": "object_lost",
+    "OwnerDiedError": "object_lost",
+    "TaskUnschedulableError": "unschedulable",
+    "ActorUnschedulableError": "unschedulable",
+}
+
+
+@ray.remote
+def _run_chunk(payloads: list[RunPayload]) -> list[RunResult]:
+    return execute_chunk(payloads, worker_cache())
+
+
+@ray.remote
+class RunWorker:
+    """A long-lived worker that keeps expensive setups (models) between runs."""
+
+    def __init__(self, cache_size: int) -> None:
+        self.cache = SetupCache(cache_size)
+
+    def execute(self, payloads: list[RunPayload]) -> list[RunResult]:
+        return execute_chunk(payloads, self.cache)
+
+    def setup_loads(self) -> int:
+        return self.cache.loads
+
+
+@dataclass
+class WorkItem:
+    payload: RunPayload
+    setup_key: Any = None
+    system_failures: int = 0
+    errors: int = 0
+
+
+@dataclass
+class SchedulerConfig:
+    target_chunk_s: float = 0.25
+    max_chunk: int = 512
+    chunks_per_slot: int = 4
+    cache_size: int = 2
+
+
+@dataclass
+class _Chunk:
+    items: list[WorkItem]
+    actor: Any = None
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+def _system_error_type(exc: BaseException) -> str | None:
+    for klass in type(exc).__mro__:
+        if klass.__name__ in SYSTEM_ERRORS:
+            return SYSTEM_ERRORS[klass.__name__]
+    if isinstance(exc, RayTaskError):
+        return None
+    return "ray_error" if isinstance(exc, RayError) else None
+
+
+class StageScheduler:
+    """Executes one stage's work items on Ray and hands every final `RunResult` to `on_result`."""
+
+    def __init__(
+        self,
+        task: TaskDef,
+        resources: Resources,
+        retries: Retries,
+        slots: int,
+        on_result: Callable[[WorkItem, RunResult], None],
+        config: SchedulerConfig | None = None,
+        max_workers: int | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.task, self.resources, self.retries = task, resources, retries
+        self.config = config or SchedulerConfig()
+        self.slots = max(1, min(slots, max_workers) if max_workers else slots)
+        self.on_result, self.on_tick = on_result, on_tick
+        self.uses_actors = task.setup is not None
+        self.options = resources.ray_options()
+        self.mean_run_s: float | None = None
+        self.retry_heap: list[tuple[float, int, WorkItem]] = []
+        self.counter = itertools.count()
+        self.in_flight: dict[Any, _Chunk] = {}
+        self.actors: list[Any] = []
+        self.actor_load: dict[Any, int] = {}
+        self.actor_key: dict[Any, Any] = {}
+        self.setup_loads = 0
+
+    # ---------------------------------------------------------------- sizing
+    def _chunk_size(self, remaining: int) -> int:
+        if self.mean_run_s is None:
+            return 1
+        size = int(self.config.target_chunk_s / max(self.mean_run_s, 1e-6))
+        fair = -(-remaining // self.slots)  # keep every slot busy near the end
+        return max(1, min(size, self.config.max_chunk, fair))
+
+    def _observe(self, results: list[RunResult]) -> None:
+        for result in results:
+            d = result.duration_s
+            self.mean_run_s = d if self.mean_run_s is None else 0.8 * self.mean_run_s + 0.2 * d
+
+    # ---------------------------------------------------------------- submission
+    def _submit_stateless(self, items: list[WorkItem]) -> None:
+        ref = _run_chunk.options(**self.options, max_retries=0).remote([i.payload for i in items])
+        self.in_flight[ref] = _Chunk(items)
+
+    def _new_actor(self) -> Any:
+        actor = RunWorker.options(**self.options, max_restarts=0).remote(self.config.cache_size)
+        self.actors.append(actor)
+        self.actor_load[actor] = 0
+        return actor
+
+    def _drop_actor(self, actor: Any) -> None:
+        if actor in self.actor_load:
+            self.actors.remove(actor)
+            del self.actor_load[actor]
+            self.actor_key.pop(actor, None)
+            ray.kill(actor, no_restart=True)
+
+    def _submit_actor(self, actor: Any, items: list[WorkItem]) -> None:
+        ref = actor.execute.remote([i.payload for i in items])
+        self.in_flight[ref] = _Chunk(items, actor)
+        self.actor_load[actor] += 1
+        self.actor_key[actor] = items[0].setup_key
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, items: Iterator[WorkItem], total: int) -> None:
+        """Drive all items to a final result. `total` only sizes chunks."""
+        source = iter(items)
+        queued: dict[Any, deque[WorkItem]] = {}  # setup key -> items waiting (actors) or one queue
+        exhausted = False
+        remaining = total
+        window = self.slots * self.config.chunks_per_slot
+        lookahead = 0
+
+        def pull(n: int) -> None:
+            nonlocal exhausted, lookahead
+            got = 0
+            for item in itertools.islice(source, n):
+                queued.setdefault(item.setup_key, deque()).append(item)
+                got += 1
+            lookahead += got
+            exhausted = got < n
+
+        def take(key: Any, n: int) -> list[WorkItem]:
+            nonlocal lookahead
+            queue = queued[key]
+            if queue[0].system_failures:  # a retried run goes alone: it may be what killed the worker
+                n = 1
+            chunk = [queue.popleft() for _ in range(min(n, len(queue)))]
+            if not queue:
+                del queued[key]
+            lookahead -= len(chunk)
+            return chunk
+
+        while True:
+            now = time.perf_counter()
+            while self.retry_heap and self.retry_heap[0][0] <= now:
+                _, _, item = heapq.heappop(self.retry_heap)
+                queued.setdefault(item.setup_key, deque()).appendleft(item)
+                lookahead += 1
+            while len(self.in_flight) < window:
+                size = self._chunk_size(max(remaining, 1))
+                if not exhausted and lookahead < max(size * 2, 64):
+                    pull(max(size * 4, 256))
+                if not queued:
+                    break
+                if not self._dispatch(take, queued, size):
+                    break
+            if not self.in_flight:
+                if not queued and exhausted and not self.retry_heap:
+                    break
+                if self.retry_heap:
+                    time.sleep(max(0.0, min(0.5, self.retry_heap[0][0] - time.perf_counter())))
+                continue
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
+            if ready:
+                more, _ = ray.wait([r for r in self.in_flight if r not in ready], num_returns=len(self.in_flight) - 1,
+                                   timeout=0) if len(self.in_flight) > 1 else ([], [])
+                ready += more
+            for ref in ready:
+                remaining -= self._collect(ref)
+            if self.on_tick:
+                self.on_tick()
+        self.setup_loads = self.actor_setup_loads()
+        for actor in list(self.actors):
+            self._drop_actor(actor)
+
+    def _dispatch(self, take: Callable[[Any, int], list[WorkItem]], queued: dict[Any, deque[WorkItem]],
+                  size: int) -> bool:
+        """Submit one chunk; False when nothing can be submitted now."""
+        if not self.uses_actors:
+            key = next(iter(queued))
+            self._submit_stateless(take(key, size))
+            return True
+        free = [a for a in self.actors if self.actor_load[a] < 2]
+        busy_keys = {self.actor_key.get(a) for a in self.actors if self.actor_load[a] > 0}
+        # 1. a free actor already holding a queued key
+        for actor in free:
+            key = self.actor_key.get(actor, _NO_KEY)
+            if key in queued:
+                self._submit_actor(actor, take(key, size))
+                return True
+        # 2. a key nobody is serving: a new actor if the pool may grow, else a free idle actor
+        unserved = [k for k in queued if k not in busy_keys] or list(queued)
+        key = max(unserved, key=lambda k: len(queued[k]))
+        if len(self.actors) < self.slots and (key not in busy_keys or len(queued[key]) > size):
+            self._submit_actor(self._new_actor(), take(key, size))
+            return True
+        idle = [a for a in free if self.actor_load[a] == 0]
+        if idle:
+            self._submit_actor(idle[0], take(key, size))
+            return True
+        return False
+
+    def _collect(self, ref: Any) -> int:
+        """Handle a finished chunk; returns how many runs reached a final result."""
+        chunk = self.in_flight.pop(ref)
+        if chunk.actor is not None and chunk.actor in self.actor_load:
+            self.actor_load[chunk.actor] -= 1
+        try:
+            results = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - classify every Ray failure
+            if chunk.actor is not None:
+                self._drop_actor(chunk.actor)
+            return self._system_failure(chunk.items, exc)
+        self._observe(results)
+        final = 0
+        for item, result in zip(chunk.items, results):
+            if result.status != "ok" and item.errors < self.retries.errors:
+                item.errors += 1
+                item.payload.attempt += 1
+                self._schedule_retry(item, item.errors)
+                continue
+            self.on_result(item, result)
+            final += 1
+        return final
+
+    def _system_failure(self, items: list[WorkItem], exc: BaseException) -> int:
+        error_type = _system_error_type(exc) or "worker_error"
+        final = 0
+        for item in items:
+            if item.system_failures < self.retries.system:
+                item.system_failures += 1
+                item.payload.attempt += 1
+                self._schedule_retry(item, item.system_failures)
+                continue
+            message = f"{type(exc).__name__}: {exc}"
+            self.on_result(item, RunResult(
+                run_id=item.payload.run_id, status="failed", rows=[], started_at=time.time(), duration_s=0.0,
+                node="", gpu=None, attempt=item.payload.attempt, error_type=error_type,
+                error=message.splitlines()[0][:4000], traceback=message[-20000:],
+            ))
+            final += 1
+        return final
+
+    def _schedule_retry(self, item: WorkItem, tries: int) -> None:
+        delay = min(self.retries.backoff_s * 2 ** (tries - 1), 60.0)
+        heapq.heappush(self.retry_heap, (time.perf_counter() + delay, next(self.counter), item))
+
+    def actor_setup_loads(self) -> int:
+        """How many setups (model loads) the live actors performed."""
+        try:
+            return sum(ray.get([a.setup_loads.remote() for a in self.actors], timeout=30)) if self.actors else 0
+        except RayError:
+            return 0
+
+
+_NO_KEY = object()

@@ -1,0 +1,357 @@
+"""Sweep specs: safe YAML with line numbers, Hydra-style overrides, and typed validation.
+
+Every error names the file, the line, the key path and the reason (`SpecError`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import SpecError
+
+KeyPath = tuple[str | int, ...]
+OVERRIDE_FILE = "<command line>"
+
+
+def format_path(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@dataclass
+class SpecSource:
+    """Where a spec came from: file name and the line of every key path (for error messages)."""
+
+    file: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line(self, path: KeyPath) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def error(self, path: KeyPath, reason: str, hint: str | None = None) -> SpecError:
+        file = OVERRIDE_FILE if self.lines.get(path) == 0 else self.file
+        line = self.line(path) or None
+        return SpecError(reason, file=file, line=line, key=format_path(path) or None, hint=hint)
+
+
+# ---------------------------------------------------------------- YAML with lines
+
+
+def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, source: SpecSource) -> Any:
+    source.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                raise source.error(path, f"mapping keys must be scalars, got {type(key).__name__}")
+            key = str(key)
+            if key in result:
+                raise SpecError(
+                    f"duplicate key '{key}' (first at line {source.lines[path + (key,)]})",
+                    file=source.file,
+                    line=key_node.start_mark.line + 1,
+                    key=format_path(path + (key,)),
+                )
+            source.lines[path + (key,)] = key_node.start_mark.line + 1
+            result[key] = _to_python(loader, value_node, path + (key,), source)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(loader, item, path + (i,), source) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(text: str, file: str) -> tuple[Any, SpecSource]:
+    """Parse YAML with the safe loader, refusing duplicate keys; returns data and its line map."""
+    source = SpecSource(file)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError("the spec is empty", file=file, line=1)
+        return _to_python(loader, node, (), source), source
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(filter(None, [exc.context, exc.problem]))
+        raise SpecError(f"invalid YAML: {reason}", file=file, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", file=file) from None
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------- models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """Per-run reservation. Ray only schedules by `memory`; the orchestrator also enforces it per run."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory: ByteSize | None = None
+    accelerator_type: str | None = None
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"num_gpus above 1 must be a whole number, got num_gpus={value}")
+        return value
+
+    @field_validator("custom")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"custom resource '{name}' must be >= 0, got {amount}")
+        return value
+
+    def ray_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory:
+            options["memory"] = int(self.memory)
+        if self.accelerator_type:
+            options["accelerator_type"] = self.accelerator_type
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
+
+    def describe(self) -> str:
+        parts = [f"cpu={self.num_cpus:g}"]
+        if self.num_gpus:
+            parts.append(f"gpu={self.num_gpus:g}")
+        if self.memory:
+            parts.append(f"mem={self.memory.human_readable()}")
+        if self.accelerator_type:
+            parts.append(self.accelerator_type)
+        parts += [f"{k}={v:g}" for k, v in self.custom.items()]
+        return " ".join(parts)
+
+
+class Retries(_Strict):
+    """`system`: retries after a worker/node death or OOM kill; `errors`: after an exception in the task."""
+
+    system: int = Field(3, ge=0)
+    errors: int = Field(0, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+
+
+class TuneSpec(_Strict):
+    """Search on this stage's split: one Ray Tune + Optuna experiment per `group_by` group."""
+
+    metric: str
+    mode: Literal["min", "max"]
+    space: dict[str, Any] = Field(min_length=1)
+    num_samples: int = Field(10, ge=1)
+    group_by: list[str] = Field(default_factory=list)
+    constraints: list[str] = Field(default_factory=list)
+    max_concurrent: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class Stage(_Strict):
+    task: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources | None = None
+    retries: Retries = Field(default_factory=Retries)
+    needs: list[str] = Field(default_factory=list)
+    tune: TuneSpec | None = None
+    transfer: str | None = None
+    max_workers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _task_or_transfer(self) -> Stage:
+        if self.task is None and self.transfer is None:
+            raise ValueError("a stage needs either `task` or `transfer`")
+        if self.transfer is not None and self.tune is not None:
+            raise ValueError("a `transfer` stage cannot also `tune`")
+        return self
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    results: str | None = None
+    stages: dict[str, Stage] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_names(cls, stages: dict[str, Stage]) -> dict[str, Stage]:
+        for name in stages:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"stage name '{name}' must match {NAME_PATTERN}")
+        return stages
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec and where it came from."""
+
+    spec: SweepSpec
+    source: SpecSource
+    raw: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as a YAML scalar or flow collection)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"override '{text}' is not of the form key.path=value", file=OVERRIDE_FILE)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"override value '{value}' is not valid YAML: {exc}", file=OVERRIDE_FILE, key=key) from None
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSource) -> None:
+    """Hydra-style `key.path=value` overrides, in place.
+
+    A path that starts at a top-level spec key (`name`, `stages`, ...) is applied as written. A bare
+    parameter name (`lr=0.1`, `model=tiny-gpt2`) sets that parameter in every stage that declares it.
+    """
+    for text in overrides:
+        keys, value = parse_override(text)
+        targets: list[list[str]]
+        if keys[0] in SweepSpec.model_fields:
+            targets = [keys]
+        else:
+            stages = raw.get("stages") or {}
+            targets = [
+                ["stages", stage, "params", *keys]
+                for stage, body in stages.items()
+                if isinstance(body, dict) and keys[0] in (body.get("params") or {})
+            ]
+            if not targets:
+                raise SpecError(
+                    f"override '{text}' matches no spec key and no stage parameter named '{keys[0]}'",
+                    file=OVERRIDE_FILE,
+                )
+        for path in targets:
+            node = raw
+            for part in path[:-1]:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                if not isinstance(child, dict):
+                    raise SpecError(
+                        f"override '{text}': '{part}' is not a mapping", file=OVERRIDE_FILE, key=".".join(path)
+                    )
+                node = child
+            node[path[-1]] = value
+            source.lines[tuple(path)] = 0  # marks "from the command line"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _validation_error(exc: ValidationError, source: SpecSource, prefix: KeyPath = ()) -> SpecError:
+    first = exc.errors()[0]
+    path = prefix + tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key '{path[-1]}'"
+    elif first["type"] == "missing":
+        message = f"missing required key '{path[-1]}'"
+    elif first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    else:
+        message = f"{message}, got {first.get('input')!r}"
+    return source.error(path, message)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    """Read, override and validate a sweep spec (structure only; params are checked by `expand`)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("spec file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec: {exc}", file=str(path)) from None
+    raw, source = load_yaml(text, str(path))
+    if not isinstance(raw, dict):
+        raise SpecError(f"the spec must be a mapping, got {type(raw).__name__}", file=str(path), line=1)
+    apply_overrides(raw, overrides or [], source)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc, source) from None
+    loaded = LoadedSpec(spec, source, raw)
+    check_stage_graph(loaded)
+    return loaded
+
+
+def check_stage_graph(loaded: LoadedSpec) -> None:
+    """`needs` and `transfer` name existing stages and form no cycle."""
+    stages = loaded.spec.stages
+    for name, stage in stages.items():
+        for i, need in enumerate(stage.needs):
+            if need not in stages:
+                raise loaded.source.error(("stages", name, "needs", i), f"unknown stage '{need}'")
+            if need == name:
+                raise loaded.source.error(("stages", name, "needs", i), "a stage cannot need itself")
+        if stage.transfer is not None:
+            source_stage = stages.get(stage.transfer)
+            if source_stage is None:
+                raise loaded.source.error(("stages", name, "transfer"), f"unknown stage '{stage.transfer}'")
+            if source_stage.tune is None:
+                raise loaded.source.error(
+                    ("stages", name, "transfer"), f"stage '{stage.transfer}' has no `tune:` block to transfer from"
+                )
+    stage_order(loaded)
+
+
+def stage_dependencies(stage: Stage) -> list[str]:
+    return list(stage.needs) + ([stage.transfer] if stage.transfer else [])
+
+
+def stage_order(loaded: LoadedSpec) -> list[str]:
+    """Stages in dependency order (declaration order among independent ones); refuses cycles."""
+    stages = loaded.spec.stages
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            cycle = " -> ".join(trail[trail.index(name) :] + [name])
+            raise loaded.source.error(("stages", name, "needs"), f"cycle in stage dependencies: {cycle}")
+        state[name] = "active"
+        for dep in stage_dependencies(stages[name]):
+            visit(dep, trail + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in stages:
+        visit(name, [])
+    return order

@@ -1,0 +1,266 @@
+"""Parquet result store: `<root>/<sweep>/<stage>/part-*.parquet`, artifacts under `<root>/<sweep>/artifacts/`.
+
+- Each part is written under a hidden temporary name, then renamed: no half-written file is ever visible.
+- What is finished is read from the data itself (no side database to drift out of sync).
+- A run may have several attempts (failure, then `retry`); readers see the latest, history is kept.
+- The root is a local path or any `pyarrow.fs` URI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from orchestrator.errors import StoreError
+
+PART_PREFIX = "part-"
+QUARANTINE = "_quarantine"
+OK, FAILED = "ok", "failed"
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str, bool]:
+    if "://" in root and not root.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(root)
+        return fs, path.rstrip("/"), False
+    local = os.path.abspath(root.removeprefix("file://"))
+    return pafs.LocalFileSystem(), local, True
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The latest stored attempt of a run."""
+
+    status: str
+    attempt: int
+
+
+# Columns the orchestrator writes, typed even when a batch holds only nulls (so parts concatenate).
+COLUMN_TYPES = {
+    "run_id": pa.string(), "sweep": pa.string(), "stage": pa.string(), "task": pa.string(),
+    "task_version": pa.int64(), "seed": pa.int64(), "status": pa.string(), "error_type": pa.string(),
+    "error": pa.string(), "traceback": pa.string(), "attempt": pa.int64(), "duration_s": pa.float64(),
+    "started_at": pa.timestamp("us", tz="UTC"), "node": pa.string(), "gpu": pa.string(),
+    "git_commit": pa.string(), "versions": pa.string(),
+}
+
+
+def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    table = _infer_table(rows)
+    for i, name in enumerate(table.column_names):
+        if name in COLUMN_TYPES and table.schema.field(i).type != COLUMN_TYPES[name]:
+            table = table.set_column(i, name, table.column(i).cast(COLUMN_TYPES[name]))
+    return table
+
+
+def _infer_table(rows: list[dict[str, Any]]) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types across rows of one column (an int here, a string there): store that column as text.
+        columns = {k for row in rows for k in row}
+        fixed = []
+        for name in columns:
+            try:
+                pa.array([row.get(name) for row in rows])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                fixed.append(name)
+        rows = [{k: (json.dumps(v) if k in fixed and v is not None else v) for k, v in row.items()} for row in rows]
+        return pa.Table.from_pylist(rows)
+
+
+class ResultStore:
+    """Reads and writes one sweep's results."""
+
+    def __init__(self, root: str | os.PathLike[str], sweep: str) -> None:
+        self.root = str(root)
+        self.sweep = sweep
+        self.fs, base, self.is_local = _filesystem(self.root)
+        self.base = f"{base}/{sweep}"
+
+    # -- paths
+    def stage_dir(self, stage: str) -> str:
+        return f"{self.base}/{stage}"
+
+    def artifact_dir(self, run_id: str) -> str:
+        return f"{self.base}/artifacts/{run_id}"
+
+    def best_path(self, stage: str) -> str:
+        return f"{self.stage_dir(stage)}/best.parquet"
+
+    # -- writing
+    def write_rows(self, stage: str, rows: list[dict[str, Any]]) -> str | None:
+        """Write one part atomically; returns its path."""
+        if not rows:
+            return None
+        return self.write_table(stage, _to_table(rows))
+
+    def write_table(self, stage: str, table: pa.Table, name: str | None = None) -> str:
+        directory = self.stage_dir(stage)
+        self.fs.create_dir(directory, recursive=True)
+        final = f"{directory}/{name or f'{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet'}"
+        temporary = f"{directory}/.tmp-{uuid.uuid4().hex}.parquet"
+        with self.fs.open_output_stream(temporary) as stream:
+            pq.write_table(table, stream, compression="zstd")
+        self.fs.move(temporary, final)
+        return final
+
+    # -- reading
+    def part_files(self, stage: str) -> list[str]:
+        selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        names = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(PART_PREFIX)]
+        return sorted(names)
+
+    def stages(self) -> list[str]:
+        selector = pafs.FileSelector(self.base, allow_not_found=True)
+        return sorted(
+            i.base_name
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.Directory and i.base_name not in ("artifacts",) and not i.base_name.startswith(".")
+        )
+
+    def _quarantine(self, path: str, reason: str) -> None:
+        directory = f"{path.rsplit('/', 1)[0]}/{QUARANTINE}"
+        self.fs.create_dir(directory, recursive=True)
+        target = f"{directory}/{path.rsplit('/', 1)[1]}"
+        self.fs.move(path, target)
+        warnings.warn(f"{path}: unreadable results file moved to {target} ({reason}); its runs will be recomputed",
+                      stacklevel=3)
+
+    def _read_parts(self, stage: str, columns: list[str] | None) -> list[pa.Table]:
+        tables = []
+        for path in self.part_files(stage):
+            try:
+                with self.fs.open_input_file(path) as handle:
+                    parquet = pq.ParquetFile(handle)
+                    names = parquet.schema_arrow.names
+                    if "run_id" not in names or "status" not in names:
+                        warnings.warn(f"{path}: not a results file of this tool (no run_id/status); ignored",
+                                      stacklevel=3)
+                        continue
+                    wanted = [c for c in columns if c in names] if columns else None
+                    tables.append(parquet.read(columns=wanted))
+            except (pa.ArrowInvalid, OSError) as exc:
+                self._quarantine(path, str(exc).splitlines()[0])
+        return tables
+
+    def read_stage(self, stage: str, columns: list[str] | None = None, latest: bool = True) -> pa.Table:
+        """All rows of a stage (only the latest attempt of each run unless `latest=False`)."""
+        if columns is not None:
+            columns = list(dict.fromkeys([*columns, "run_id", "attempt"]))
+        tables = self._read_parts(stage, columns)
+        if not tables:
+            return pa.table({"run_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                             "attempt": pa.array([], pa.int64())})
+        table = pa.concat_tables(tables, promote_options="permissive")
+        if latest and table.num_rows:
+            table = latest_attempts(table)
+        return table
+
+    def run_states(self, stage: str) -> dict[str, RunState]:
+        """run_id -> status and attempt of the latest stored attempt."""
+        table = self.read_stage(stage, columns=["run_id", "status", "attempt"], latest=False)
+        states: dict[str, RunState] = {}
+        for run_id, status, attempt in zip(
+            table.column("run_id").to_pylist(), table.column("status").to_pylist(), table.column("attempt").to_pylist()
+        ):
+            known = states.get(run_id)
+            if known is None or attempt > known.attempt:
+                states[run_id] = RunState(status, attempt)
+        return states
+
+    # -- artifacts
+    def local_artifact_dir(self, run_id: str) -> Path | None:
+        """The artifact directory as a local path (local roots only)."""
+        return Path(self.artifact_dir(run_id)) if self.is_local else None
+
+    def publish_artifacts(self, run_id: str, source: Path) -> None:
+        """Move a finished run's artifact directory into place (replacing an earlier attempt's)."""
+        if not any(source.iterdir()):
+            return
+        target = self.artifact_dir(run_id)
+        if self.is_local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            if Path(target).exists():
+                shutil.rmtree(target)
+            os.replace(source, target)
+        else:
+            pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+    def fetch_artifacts(self, run_id: str, cache: Path) -> Path:
+        """A local directory holding a run's artifacts (the store itself when local)."""
+        local = self.local_artifact_dir(run_id)
+        if local is not None:
+            if not local.is_dir():
+                raise FileNotFoundError(f"artifacts of run {run_id} are missing: {local}")
+            return local
+        target = cache / run_id
+        if not target.exists():
+            pafs.copy_files(self.artifact_dir(run_id), str(target), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        return target
+
+
+def latest_attempts(table: pa.Table) -> pa.Table:
+    """Keep only the rows of each run's highest attempt."""
+    if "attempt" not in table.column_names:
+        return table
+    best = table.group_by("run_id").aggregate([("attempt", "max")])
+    highest = dict(zip(best["run_id"].to_pylist(), best["attempt_max"].to_pylist()))
+    wanted = pa.array([highest[r] for r in table["run_id"].to_pylist()], table["attempt"].type)
+    return table.filter(pc.equal(table["attempt"], wanted))
+
+
+def load_results(root: str, sweep: str, stage: str, latest: bool = True) -> "Any":
+    """A stage's rows as a pandas DataFrame (the public reading API)."""
+    return ResultStore(root, sweep).read_stage(stage, latest=latest).to_pandas()
+
+
+class SweepLock:
+    """One driver per sweep: an exclusive lock file beside the results (local roots)."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+        self.handle: Any = None
+
+    def __enter__(self) -> SweepLock:
+        if not self.store.is_local:
+            return self
+        import fcntl
+        import socket
+
+        directory = Path(self.store.base)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / ".lock"
+        self.handle = open(path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise StoreError(
+                f"{path}: sweep '{self.store.sweep}' is being run by {holder}; wait for it to finish "
+                "(two drivers on one sweep would compute the same runs twice)"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()

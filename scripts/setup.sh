@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv with the CPU build of torch and the project (editable) with its test extras.
+# Idempotent: a second call only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# Pinned first: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -e ".[dev]"

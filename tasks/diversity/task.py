@@ -1,0 +1,313 @@
+"""Diversity tasks: next-token statistics, sampled completions, and their output diversity.
+
+Reproduces the measurements of O'Mahony et al. 2024, "Attributing Mode Collapse in the Fine-Tuning of
+Large Language Models" (Pythia base / SFT / DPO): how fine-tuning changes the next-token distribution on
+held-out text, and how diverse sampled completions are across temperatures. The maths lives in
+`compute.py`; these adapters turn params into rows.
+
+Stages: `diversity.next_token` (one run per model); `diversity.completions` (one run per model, prompt
+set and temperature: n samples for each prompt, kept as rows and as `completions.jsonl`);
+`diversity.output_diversity` (needs the completions stage, or reads a completions file; one row per
+prompt). Scoring is its own stage so that re-scoring (another word cap, another embedder, the original's
+quirks) reuses the stored completions instead of sampling again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from orchestrator.context import RunContext
+from orchestrator.registry import TaskParams, task
+
+
+def load_lm(params: Any, ctx: RunContext):
+    """(model, tokenizer) of `params.model`, once per worker and model name."""
+    from tasks.diversity.models import load_model
+
+    return load_model(params.model, device=ctx.device)
+
+
+def _seed_for(seed: int, *keys: int) -> int:
+    """A 63-bit seed derived from the run seed and item keys (a prompt index, say)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class NextTokenParams(TaskParams):
+    model: str = "tiny-gpt2"
+    dataset: str = "builtin"
+    text_field: str = "text"
+    max_docs: int | None = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_length: int | None = Field(None, ge=2)
+    context_len: int = Field(1, ge=1)
+    per_document: bool = True
+    prefix: Literal["bos", "original"] = "bos"
+    stats_positions: Literal["predicted", "all"] = "predicted"
+    zero_eps: float | None = Field(None, gt=0)
+    entropy_aggregate: Literal["tokens", "first_document"] = "tokens"
+    mean_probs_weighting: Literal["window", "token"] = "window"
+    mean_probs_flush_every: int | None = Field(None, ge=1)
+
+
+@task(
+    "diversity.next_token",
+    params=NextTokenParams,
+    version=1,
+    setup=load_lm,
+    setup_keys=("model",),
+    resources={"num_cpus": 1},
+)
+def next_token(params: NextTokenParams, ctx: RunContext) -> list[dict[str, Any]]:
+    """Per-document and per-model next-token statistics: perplexity, entropy, confidence, average distribution.
+
+    Notes 2 of the E section (compute_data.py, calc_perplexity.py, save_results.py). Documents stream
+    from `dataset` ("builtin", or a .jsonl / .jsonl.zst / .txt file such as the Pile validation split),
+    the first `max_docs`; each is cut into rolling windows of `max_length` tokens (None: the model's
+    context, at most 1024 as in the original) batched `batch_size` at a time with pads masked.
+    Rows: one per document (level="document", unless per_document=False) and one level="model" row with
+    perplexity (token-weighted), entropy, confidence (mean over documents), top-1 accuracy, bits per
+    byte and vocab_share_70 / vocab_share_90 (share of the logits width holding 70% / 90% of the average
+    next-token distribution, whose values go to `mean_probs.npy`).
+    Fixed quirks and the options that restore them: prefix="original" (the id of "<|endoftext|>", the
+    unknown id on Llama, plus the tokenizer's own BOS), stats_positions="all", zero_eps=1e-7,
+    entropy_aggregate="first_document", mean_probs_flush_every=500.
+    """
+    from tasks.diversity import compute
+    from tasks.diversity.data import read_documents
+    from tasks.diversity.models import context_length
+
+    model, tokenizer = ctx.setup
+    max_length = params.max_length or min(1024, context_length(model) or 1024)
+    if params.prefix == "bos":
+        prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        add_special = False
+    else:
+        prefix_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        add_special = True
+    if prefix_id is None:
+        prefix_id = 0  # the original's fallback: the unknown-token id of the Llama tokenizer
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    documents = (
+        (tokenizer(text, add_special_tokens=add_special).input_ids, len(text.encode("utf-8")))
+        for text in read_documents(params.dataset, params.text_field, params.max_docs)
+    )
+    options = compute.NextTokenOptions(
+        stats_positions=params.stats_positions,
+        zero_eps=params.zero_eps,
+        entropy_aggregate=params.entropy_aggregate,
+        mean_probs_weighting=params.mean_probs_weighting,
+        mean_probs_flush_every=params.mean_probs_flush_every,
+    )
+    doc_rows, model_row, mean_probs = compute.next_token_statistics(
+        model, documents, prefix_id, pad_id, max_length, params.batch_size, params.context_len, options
+    )
+    if mean_probs is not None:
+        np.save(ctx.artifact_dir / "mean_probs.npy", mean_probs.astype(np.float32))
+    rows = (doc_rows if params.per_document else []) + [model_row]
+    columns = list(dict.fromkeys(key for row in [model_row, *doc_rows[:1]] for key in row))
+    return [{**{key: row.get(key) for key in columns}, "window_length": max_length} for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class CompletionsParams(TaskParams):
+    model: str = "tiny-gpt2"
+    prompt_set: str = "creative"
+    prompts_file: str | None = None
+    max_prompts: int | None = Field(None, ge=1)
+    template: str = "plm"
+    temperature: float = Field(1.0, gt=0)
+    n_samples: int = Field(25, ge=1)
+    batch_size: int = Field(25, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    keep_double_bos: bool = False
+
+
+@task(
+    "diversity.completions",
+    params=CompletionsParams,
+    version=1,
+    setup=load_lm,
+    setup_keys=("model",),
+    resources={"num_cpus": 1},
+)
+def completions(params: CompletionsParams, ctx: RunContext) -> list[dict[str, Any]]:
+    """`n_samples` sampled completions of each prompt of a set at one temperature (notes 3).
+
+    The full prompt is `template` (plm: "{prompt} {guide}", pythia_helpful, llama2_chat, tulu_v2, raw,
+    or a format string) applied to the prompt and its guide; built-in creative / factual sets, or
+    `prompts_file` (the original's prompts.jsonl). Sampling: temperature, then top_k (50: transformers'
+    default, which the original got implicitly) and optional top_p; `max_new_tokens` new tokens (None:
+    the prompt's own, 70 creative / 25 factual as in the original), capped by the model's context; stop at
+    EOS; decode new tokens only, special tokens skipped. Each prompt draws from a generator seeded by
+    (ctx.seed, prompt index), `batch_size` samples per forward batch: the same run gives the same texts
+    (the original set no seed). The model's generation_config is not consulted.
+    A prompt that already starts with the BOS string gets no second BOS unless keep_double_bos=True
+    (the original's llama2-chat prompts began with two BOS tokens).
+    Rows: one per completion (prompt_index, sample_index, text, n_new_tokens, ended_with_eos); the same
+    texts go to `completions.jsonl` in the layout of the original's shipped completion file.
+    """
+    import torch
+
+    from tasks.diversity import compute
+    from tasks.diversity.data import format_prompt, load_prompts, write_completions
+    from tasks.diversity.models import context_length
+
+    model, tokenizer = ctx.setup
+    device = next(model.parameters()).device
+    n_ctx = context_length(model)
+    rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    for prompt in load_prompts(params.prompt_set, params.prompts_file, params.max_prompts):
+        text = format_prompt(prompt, params.template)
+        bos = tokenizer.bos_token
+        add_special = params.keep_double_bos or not (bos and text.startswith(bos))
+        prompt_ids = tokenizer(text, add_special_tokens=add_special).input_ids
+        if not prompt_ids:
+            prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        max_new = params.max_new_tokens or prompt.max_new_tokens
+        if n_ctx is not None:
+            max_new = min(max_new, n_ctx - len(prompt_ids))
+            if max_new < 1:
+                raise ValueError(f"prompt {prompt.index} has {len(prompt_ids)} tokens, no room in a {n_ctx}-token context")
+        generator = torch.Generator(device=device).manual_seed(_seed_for(ctx.seed, prompt.index))
+        samples: list[list[int]] = []
+        while len(samples) < params.n_samples:
+            n = min(params.batch_size, params.n_samples - len(samples))
+            samples += compute.sample_continuations(
+                model, prompt_ids, n, params.temperature, max_new, generator,
+                top_k=params.top_k, top_p=params.top_p, eos_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+        for sample_index, ids in enumerate(samples):
+            completion = tokenizer.decode(ids, skip_special_tokens=True)
+            rows.append(
+                {
+                    "prompt_index": prompt.index,
+                    "sample_index": sample_index,
+                    "text": completion,
+                    "n_new_tokens": len(ids),
+                    "ended_with_eos": len(ids) < max_new,
+                }
+            )
+            records.append(
+                {
+                    "model": params.model,
+                    "mode": params.prompt_set,
+                    "temperature": params.temperature,
+                    "prompt_index": prompt.index,
+                    "sample_index": sample_index,
+                    "text": completion,
+                }
+            )
+    write_completions(ctx.artifact_dir / "completions.jsonl", records)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_embedder(params: Any, ctx: RunContext):
+    """(encoder, tokenizer) of `params.embedder`, or None when cosine metrics are off."""
+    if params.embedder is None:
+        return None
+    from tasks.common.models import load_encoder
+
+    return load_encoder(params.embedder, device=ctx.device)
+
+
+class OutputDiversityParams(TaskParams):
+    model: str = "tiny-gpt2"
+    prompt_set: str = "creative"
+    temperature: float = Field(1.0, gt=0)
+    completions_stage: str = "completions"
+    completions_file: str | None = None
+    max_num_words: int | None = Field(20, ge=1)
+    embedder: str | None = "minilm"
+    jaccard_n: tuple[int, ...] = (2, 3, 4)
+    order_q: tuple[int, ...] = (2, 3, 4, 5, 6)
+    order_q_samples: int = Field(50, ge=1)
+    distinct_n: tuple[int, ...] = (1, 2, 3)
+    cosine_denominator: Literal["pairs", "nonzero"] = "pairs"
+    empty_target: Literal["skip", "nan"] = "skip"
+    jaccard_self_similarity: Literal["one", "jaccard"] = "one"
+    swap_creative_factual_keys: bool = False
+
+
+@task(
+    "diversity.output_diversity",
+    params=OutputDiversityParams,
+    version=1,
+    setup=load_embedder,
+    setup_keys=("embedder",),
+    resources={"num_cpus": 1},
+)
+def output_diversity(params: OutputDiversityParams, ctx: RunContext) -> list[dict[str, Any]]:
+    """Diversity metrics of each prompt's completions at one temperature (notes 4).
+
+    Completions come from the matching run of stage `completions_stage` (its `completions.jsonl`), or
+    from `completions_file` filtered on model, prompt_set (the file's "mode") and temperature, e.g. the
+    original's shipped pythia-2.8b completions. Each text is cut to its first `max_num_words` words
+    (20 and 5 in the original). Metrics, with the original's names: selfBleuSmoothed,
+    average_pairwise_ncd, average_pairwise_jaccard_{2,3,4}, avg_compression_ratio_{full,target},
+    cosine_similarity, order_{q}_{jaccard_2,cosine}, vendi_{jaccard_2,cosine}; plus distinct_{1,2,3}
+    (not in the original). Cosine metrics use `embedder` (mean-pooled; "minilm" is all-MiniLM-L6-v2, a
+    labelled substitute for the original's all-MiniLM-L12-v2; None: NaN). Order-q estimates are seeded
+    from (ctx.seed, prompt index). Original quirks behind options: cosine_denominator="nonzero",
+    empty_target="nan", jaccard_self_similarity="jaccard", and swap_creative_factual_keys=True, which
+    writes the original's swapped label (factual for creative and back) to `result_key`.
+    Rows: one per prompt, with n_texts, mean_words and n_empty.
+    """
+    from tasks.diversity import compute
+    from tasks.diversity.data import read_completions
+
+    if params.completions_file is not None:
+        cells = read_completions(params.completions_file, params.model, params.prompt_set, params.temperature)
+        if not cells:
+            raise ValueError(
+                f"{params.completions_file}: no completions for model={params.model!r}, "
+                f"prompt_set={params.prompt_set!r}, temperature={params.temperature}"
+            )
+    else:
+        upstream = ctx.upstream_one(params.completions_stage)
+        cells = read_completions(upstream.artifact_dir / "completions.jsonl")
+    options = compute.MetricOptions(
+        jaccard_n=params.jaccard_n,
+        order_q=params.order_q,
+        order_q_samples=params.order_q_samples,
+        distinct_n=params.distinct_n,
+        cosine_denominator=params.cosine_denominator,
+        empty_target=params.empty_target,
+        jaccard_self_similarity=params.jaccard_self_similarity,
+    )
+    result_key = params.prompt_set
+    if params.swap_creative_factual_keys:
+        result_key = {"creative": "factual", "factual": "creative"}.get(result_key, result_key)
+    rows = []
+    for prompt_index, texts in cells.items():
+        if params.max_num_words is not None:
+            texts = [compute.limit_num_words(t, params.max_num_words) for t in texts]
+        embeddings = None
+        if ctx.setup is not None:
+            encoder, enc_tokenizer = ctx.setup
+            embeddings = compute.mean_pooled_embeddings(encoder, enc_tokenizer, texts)
+        metrics = compute.diversity_metrics(texts, embeddings, options, seed=_seed_for(ctx.seed, prompt_index))
+        rows.append(
+            {
+                "prompt_index": prompt_index,
+                "result_key": result_key,
+                "n_texts": len(texts),
+                "mean_words": float(np.mean([len(t.split()) for t in texts])),
+                "n_empty": sum(1 for t in texts if not t.strip()),
+                **metrics,
+            }
+        )
+    return rows

@@ -1,0 +1,113 @@
+"""The same command on a real multi-process cluster: `ray job submit`, and GPU placement across nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.store import load_results
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_job_submit_runs_the_same_command(tmp_path: Path) -> None:
+    # Invariant: `ray job submit -- python -m orchestrator run <spec>` on a head bound to 127.0.0.1 stores rows.
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: job\nstages:\n  s: {task: demo.quadratic, params: {x: {grid: [0, 1, 2]}}}\n")
+    results = tmp_path / "results"
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        submit = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
+                  "--runtime-env-json", json.dumps({"excludes": ["results/", ".venv/"]}), "--",
+                  sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results)]
+        deadline = time.time() + 180
+        while True:  # the dashboard's job server needs a few seconds after the head starts
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+            if job.returncode == 0 or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert job.returncode == 0, job.stdout + job.stderr
+        df = load_results(str(results), "job", "s")
+        assert sorted(df.x) == [0.0, 1.0, 2.0] and (df.status == "ok").all()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+CLUSTER_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from orchestrator.runner import run_sweep
+    from orchestrator.spec import load_spec
+    from orchestrator.stages import Sweep
+    from orchestrator.store import load_results
+
+    spec, results = sys.argv[1], sys.argv[2]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    run_sweep(Sweep(load_spec(spec), results))
+    gpu = load_results(results, "placement", "gpu")
+    cpu = load_results(results, "placement", "cpu")
+    print(json.dumps({"gpu_node": gpu_node.node_id[:12], "gpu_nodes": sorted(set(gpu.node)),
+                      "gpu_ok": int((gpu.status == "ok").sum()), "cpu_ok": int((cpu.status == "ok").sum())}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_gpu_stages_land_only_on_gpu_nodes(tmp_path: Path) -> None:
+    # Invariant: with one GPU node and one CPU-only node, every GPU run executes on the GPU node.
+    spec = tmp_path / "placement.yaml"
+    spec.write_text(textwrap.dedent("""\
+        name: placement
+        stages:
+          gpu:
+            task: demo.sleep
+            resources: {num_cpus: 0.5, num_gpus: 0.5}
+            params: {i: {range: [0, 12]}, seconds: 0.2}
+          cpu:
+            task: demo.sleep
+            params: {i: {range: [0, 6]}, seconds: 0.1}
+    """))
+    script = tmp_path / "cluster_script.py"
+    script.write_text(CLUSTER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(spec), str(tmp_path / "r")], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["gpu_ok"] == 12 and report["cpu_ok"] == 6
+    assert [n.split(":")[1] for n in report["gpu_nodes"]] == [report["gpu_node"]]

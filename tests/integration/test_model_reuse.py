@@ -1,0 +1,36 @@
+"""Runs sharing a setup key (a model) are served by warm actors that load it once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.runner import run_sweep
+from orchestrator.spec import load_spec
+from orchestrator.stages import Sweep
+from orchestrator.store import load_results
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_model_loaded_once_per_actor_and_key(write_spec, tmp_path: Path) -> None:
+    # Invariant: 60 runs over 2 models cost at most one load per (actor, model), and each run is served
+    # by the model it asked for.
+    spec = write_spec("""\
+        name: reuse
+        stages:
+          s:
+            task: demo.lookup
+            resources: {num_cpus: 1}
+            max_workers: 2
+            params: {model: {grid: [alpha, beta]}, i: {range: [0, 30]}, load_seconds: 0.3}
+    """)
+    outcome, = run_sweep(Sweep(load_spec(spec), str(tmp_path / "r")))
+    df = load_results(str(tmp_path / "r"), "reuse", "s")
+    assert len(df) == 60 and (df.status == "ok").all()
+    assert (df.served_by == df.model).all()
+    distinct_loads = df.groupby(["pid", "model"]).loaded_at.nunique()
+    assert (distinct_loads == 1).all()
+    assert outcome.setup_loads <= 4
+    assert df.groupby("model").loaded_at.nunique().max() <= 2

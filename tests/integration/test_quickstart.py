@@ -1,0 +1,48 @@
+"""The quickstart sweep on real Ray reproduces each family's headline finding at small scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.runner import run_sweep
+from orchestrator.spec import load_spec
+from orchestrator.stages import Sweep
+from orchestrator.store import load_results
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "sweeps" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[str, list]:
+    results = str(tmp_path_factory.mktemp("quickstart"))
+    outcomes = run_sweep(Sweep(load_spec(QUICKSTART), results))
+    return results, outcomes
+
+
+def stage(quickstart, name: str):
+    return load_results(quickstart[0], "quickstart", name)
+
+
+def test_every_run_succeeds(quickstart) -> None:
+    # Invariant: the quickstart is green end to end.
+    assert all(o.failed == 0 for o in quickstart[1]), [(o.name, o.failures[:1]) for o in quickstart[1]]
+
+
+def test_demo_surface_minimum(quickstart) -> None:
+    df = stage(quickstart, "surface")
+    best = df.groupby(["x", "y"]).loss.mean().idxmin()
+    assert best == (1.0, -2.0)
+
+
+def test_narrow_model_has_lower_entropy_and_diversity(quickstart) -> None:
+    # Invariant (issue 6): a model fine-tuned hard on a narrow text has lower next-token entropy and lower
+    # output diversity than its base, at every temperature, as measured by the sweep.
+    entropy = stage(quickstart, "next_token")
+    entropy = entropy[entropy.level == "model"].set_index("model").entropy
+    assert entropy["tiny-gpt2-narrow"] < entropy["tiny-gpt2-pretrained"] - 1.0
+    div = stage(quickstart, "diversity").groupby(["temperature", "model"]).distinct_2.mean().unstack()
+    assert (div["tiny-gpt2-narrow"] < div["tiny-gpt2-pretrained"]).all()

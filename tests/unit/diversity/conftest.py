@@ -1,0 +1,56 @@
+"""Fixtures for the diversity tests: a tiny base model and a copy fine-tuned hard on a narrow text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# Fine-tuning recipe of the must-show test: a few hundred tokens of one narrow text, 100 AdamW steps.
+NARROW_STEPS = 100
+NARROW_LR = 5e-3
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and much faster on a shared, busy machine; restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> dict[str, Path]:
+    """{"base": a fresh tiny GPT-2 (random weights), "narrow": the same model fine-tuned on data.NARROW_TEXT}."""
+    from tasks.common.models import load_causal_lm
+    from tasks.common.tiny import build_tiny_causal_lm
+    from tasks.diversity.compute import finetune_on_text
+    from tasks.diversity.data import NARROW_TEXT
+
+    import torch
+
+    root = tmp_path_factory.mktemp("diversity-models")
+    base = build_tiny_causal_lm(root / "base", arch="gpt2", seed=0)
+    model, tokenizer = load_causal_lm(base)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 140k-parameter model trains several times faster on one thread
+    try:
+        losses = finetune_on_text(model, tokenizer, NARROW_TEXT * 8, steps=NARROW_STEPS, lr=NARROW_LR, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert losses[-1] < 0.5 * losses[0], f"narrow fine-tuning did not converge: {losses[0]:.2f} -> {losses[-1]:.2f}"
+    narrow = root / "narrow"
+    model.save_pretrained(narrow)
+    tokenizer.save_pretrained(narrow)
+    return {"base": base, "narrow": narrow}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A tiny random BERT for the cosine metrics' plumbing (its embeddings carry no meaning)."""
+    from tasks.common.tiny import build_tiny_encoder
+
+    return build_tiny_encoder(tmp_path_factory.mktemp("diversity-encoder") / "bert")
