@@ -355,3 +355,42 @@ def builtin_facts_dataset(split: str, hard_negative_split: str | None = None) ->
         hard_negative=[Example(f.text(), (" " + f.target_true,)) for f in others],
         targeted=[f"{f.text()} {f.target_true}." for f in mine],
     )
+
+
+def read_trace_facts(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """(prompt with "{}", subject, target) per record of a facts file for causal tracing.
+
+    Accepts ROME's known_1000.json records ({"template", "subject", "attribute", ...}, a JSON list or
+    jsonl) and plain {"prompt" (with "{}"), "subject", "target"} records.
+    """
+    text = Path(path).read_text(encoding="utf-8").lstrip()
+    records = json.loads(text) if text.startswith("[") else read_jsonl(path)
+    out = []
+    for i, r in enumerate(records):
+        template = r.get("template") or r.get("prompt")
+        target = r.get("attribute") if r.get("attribute") is not None else r.get("target")
+        if not template or "{}" not in template or "subject" not in r or target is None:
+            raise ValueError(f"{path}: record {i} needs a template/prompt with '{{}}', a subject and an attribute/target")
+        out.append((template, r["subject"], target))
+    return out
+
+
+def read_counterfact(path: str | os.PathLike) -> list[Fact]:
+    """CounterFact records (ROME's counterfact.json: a JSON list, or jsonl) as `Fact`s.
+
+    requested_rewrite {prompt with "{}", subject, target_new.str, target_true.str}; the first paraphrase
+    prompt (already containing the subject) becomes `paraphrase` with the subject replaced by "{}" where
+    it occurs; neighborhood_prompts are kept as they are.
+    """
+    text = Path(path).read_text(encoding="utf-8").lstrip()
+    records = json.loads(text) if text.startswith("[") else read_jsonl(path)
+    facts = []
+    for r in records:
+        rw = r["requested_rewrite"]
+        paraphrases = r.get("paraphrase_prompts") or [rw["prompt"].format(rw["subject"])]
+        paraphrase = paraphrases[0].replace(rw["subject"], "{}", 1) if rw["subject"] in paraphrases[0] else rw["prompt"]
+        facts.append(
+            Fact(rw["subject"], rw["prompt"], rw["target_true"]["str"], rw["target_new"]["str"], paraphrase,
+                 tuple(r.get("neighborhood_prompts") or ()))
+        )
+    return facts

@@ -98,10 +98,7 @@ def prepare_model(
         else lora_block(n_layers, lora_layer_fraction)
     )
     names = {id(m): n for n, m in trained.named_modules()}
-    targets = []
-    for i in chosen:
-        inputs, output = _arch.mlp_projections(_arch.mlp(trained, i))
-        targets += [m for m in (*inputs, output)]
+    targets = [m for i in chosen for m in _arch.mlp_projections(trained, i)]
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=lora_rank,

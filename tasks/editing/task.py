@@ -22,10 +22,11 @@ from orchestrator.registry import TaskParams, task
 
 
 def load_model(params: Any, ctx: RunContext):
-    """(model, tokenizer) of `params.model`, shared across runs of a worker (never edited in place)."""
-    from tasks.common.models import load_causal_lm
+    """(model, tokenizer) of `params.model` (a family built-in such as tiny-gpt2-facts, or any name
+    tasks.common.models.load_causal_lm accepts), shared across runs of a worker, never edited in place."""
+    from tasks.editing.models import load_model as load
 
-    return load_causal_lm(params.model, device=ctx.device)
+    return load(params.model, device=ctx.device)
 
 
 def _model_and_tokenizer(params: Any, ctx: RunContext):
@@ -164,7 +165,8 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
 
 class RomeParams(TaskParams):
     model: str = "tiny-gpt2"
-    fact: int = Field(0, ge=0)  # index into data.BUILTIN_FACTS, unless subject/prompt/target_new are given
+    fact: int = Field(0, ge=0)  # index into the facts (built-in or counterfact_file), unless subject/... are given
+    counterfact_file: str | None = None  # ROME's counterfact.json (list or jsonl); default: data.BUILTIN_FACTS
     subject: str | None = None
     prompt: str | None = None  # with "{}" for the subject
     target_new: str | None = None
@@ -275,7 +277,10 @@ def _rome_request(params: RomeParams, model, tokenizer, device) -> dict[str, Any
     from tasks.editing import data
 
     if params.subject is None:
-        fact = data.BUILTIN_FACTS[params.fact % len(data.BUILTIN_FACTS)]
+        facts = data.read_counterfact(params.counterfact_file) if params.counterfact_file else data.BUILTIN_FACTS
+        if params.fact >= len(facts):
+            raise ValueError(f"fact={params.fact} out of range for {len(facts)} facts")
+        fact = facts[params.fact]
         subject, prompt, target_new = fact.subject, fact.prompt, fact.target_new
         target_true = params.target_true or fact.target_true
         paraphrases = params.paraphrases if params.paraphrases is not None else [fact.paraphrase]
@@ -365,7 +370,8 @@ class TraceFact(BaseModel):
 
 class CausalTraceParams(TaskParams):
     model: str = "tiny-gpt2"
-    facts: list[TraceFact] | None = None  # default: data.BUILTIN_FACTS (true objects)
+    facts: list[TraceFact] | None = None  # default: facts_file, else data.BUILTIN_FACTS (true objects)
+    facts_file: str | None = None  # ROME's known_1000.json or jsonl of {prompt with "{}", subject, target}
     fact_indices: list[int] | None = None  # which of the facts to trace (default all)
     sites: list[Literal["hidden", "mlp", "attn"]] = ["hidden", "mlp", "attn"]
     window: int = Field(10, ge=1)  # layers restored together for mlp / attn (hidden: always 1)
@@ -397,7 +403,12 @@ def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, A
 
     model, tokenizer = _model_and_tokenizer(params, ctx)
     device = _device(model)
-    facts = params.facts or [TraceFact(prompt=f.prompt, subject=f.subject, target=f.target_true) for f in data.BUILTIN_FACTS]
+    if params.facts:
+        facts = list(params.facts)
+    elif params.facts_file:
+        facts = [TraceFact(prompt=p, subject=s, target=t) for p, s, t in data.read_trace_facts(params.facts_file)]
+    else:
+        facts = [TraceFact(prompt=f.prompt, subject=f.subject, target=f.target_true) for f in data.BUILTIN_FACTS]
     indices = params.fact_indices if params.fact_indices is not None else list(range(len(facts)))
     for i in indices:
         if not 0 <= i < len(facts):
