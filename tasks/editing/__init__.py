@@ -6,3 +6,9 @@ TASKS = {
     "editing.rome": "tasks.editing.task:rome_edit",
     "editing.causal_trace": "tasks.editing.task:causal_trace",
 }
+
+REPORTS = {
+    "editing.finetune": "tasks.editing.report:report_finetune",
+    "editing.causal_trace": "tasks.editing.report:report_trace",
+    "editing.rome": "tasks.editing.report:report_rome",
+}

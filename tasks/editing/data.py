@@ -330,13 +330,14 @@ BUILTIN_GENERAL_TEXT: tuple[str, ...] = (
 
 
 def _split_facts(split: str) -> tuple[list[Fact], list[Fact]]:
-    half = len(BUILTIN_FACTS) // 2
-    first, second = list(BUILTIN_FACTS[:half]), list(BUILTIN_FACTS[half:])
-    return (first, second) if split == "val" else (second, first)
+    """(this split's facts, the other split's): even-indexed facts are val, odd ones test, so both
+    splits cover every relation with disjoint subjects (as the original's per-entity splits)."""
+    even, odd = list(BUILTIN_FACTS[0::2]), list(BUILTIN_FACTS[1::2])
+    return (even, odd) if split == "val" else (odd, even)
 
 
 def builtin_facts_dataset(split: str, hard_negative_split: str | None = None) -> EditingData:
-    """The "facts" dataset: val = first half of BUILTIN_FACTS, test = second half (disjoint subjects).
+    """The "facts" dataset: val = even-indexed BUILTIN_FACTS, test = odd-indexed (disjoint subjects).
 
     train: canonical "prompt(subject)" -> " true object"; eval: the paraphrase prompt -> same object;
     hard negatives: the canonical prompts of the other half (different subjects, their own objects);

@@ -68,8 +68,10 @@ def prepare_model(
     lora_alpha: float = 8.0,
     lora_dropout: float = 0.0,
     lora_layer_fraction: float = 0.5,
+    seed: int = 0,
 ):
-    """A deep copy of `model` with the method's parameters trainable (and LoRA adapters injected)."""
+    """A deep copy of `model` with the method's parameters trainable (and LoRA adapters injected; their
+    random initialisation is drawn from `seed`, without touching the global RNG)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
     trained = copy.deepcopy(model)
@@ -107,7 +109,9 @@ def prepare_model(
         target_modules=[names[id(m)] for m in targets],
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in targets),
     )
-    peft_model = get_peft_model(trained, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(trained, config)
     peft_model.eval()
     return peft_model
 

@@ -37,6 +37,13 @@ def _device(model) -> Any:
     return next(model.parameters()).device
 
 
+def uniform_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row with the same columns (union, first-seen order; None where a level has no value): one
+    stable schema per task, whatever level comes first."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return [{key: row.get(key) for key in columns} for row in rows]
+
+
 # per-model caches of derived, read-only values (templates, key statistics): keyed weakly on the model
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
@@ -123,7 +130,7 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
 
     model = ft.prepare_model(
         base, params.method, params.trainable_layers, params.lora_rank, params.lora_alpha,
-        params.lora_dropout, params.lora_layer_fraction,
+        params.lora_dropout, params.lora_layer_fraction, seed=ctx.seed,
     )
     try:
         config = ft.TrainConfig(
@@ -156,7 +163,7 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
         trainable_params=trainable,
         n_train=len(dataset.train[: params.max_train]),
     )
-    return rows
+    return uniform_rows(rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,13 +212,12 @@ class RomeParams(TaskParams):
 
 @task("editing.rome", params=RomeParams, version=1, setup=load_model, setup_keys=("model",), resources={"num_cpus": 1})
 def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
-    """ROME rank-one edit of one MLP layer (Meng et al. 2022): probabilities of the new and true object
-    before/after on the rewrite, paraphrase and neighborhood prompts (CounterFact-style, P = exp(-mean
-    token NLL)), plus an aggregate row (efficacy, paraphrase and neighborhood scores, general-text loss
-    change). The edit is undone before returning. Maths and simplifications: rome.py.
-    """
-    import torch
+    """ROME rank-one edit of one MLP layer (Meng et al. 2022), undone before returning.
 
+    Probabilities of the new and true object before/after on the rewrite, paraphrase and neighborhood
+    prompts (CounterFact-style, P = exp(-mean token NLL)), plus an aggregate row (efficacy, paraphrase
+    and neighborhood scores, general-text loss change). The edit is undone before returning. Maths and simplifications: rome.py.
+    """
     from tasks.editing import _arch, compute, data, rome
 
     model, tokenizer = _model_and_tokenizer(params, ctx)
@@ -240,7 +246,6 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
         v_weight_decay=params.v_weight_decay, kl_factor=params.kl_factor,
         clamp_norm_factor=params.clamp_norm_factor, mom2_adjustment=params.mom2_adjustment,
     )
-    torch.manual_seed(ctx.seed)
     update = rome.compute_rome_update(
         model, tokenizer, hp, request["prompt"], request["subject"], request["target_new"], templates, cov_inv, device
     )
@@ -269,7 +274,7 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
             }
         )
     rows.append(_rome_aggregate(rows, update, update_norm, general_before, general_after, request, layer))
-    return rows
+    return uniform_rows(rows)
 
 
 def _rome_request(params: RomeParams, model, tokenizer, device) -> dict[str, Any]:
@@ -392,9 +397,10 @@ class CausalTraceParams(TaskParams):
     resources={"num_cpus": 1},
 )
 def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, Any]]:
-    """Causal tracing (Meng et al. 2022): restored p(answer) per (fact, site, layer, token) after
-    corrupting the subject embeddings, rows of level "cell", plus one level "fact" row per fact (clean
-    and corrupted probabilities, whether it was traced). Definitions and defaults: trace.py.
+    """Causal tracing (Meng et al. 2022): restored p(answer) per (fact, site, layer, token).
+
+    After corrupting the subject embeddings; rows of level "cell", plus one level "fact" row per fact
+    (clean and corrupted probabilities, whether it was traced). Definitions and defaults: trace.py.
     """
     import torch
 
@@ -458,4 +464,4 @@ def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, A
                         }
                     )
         rows.append(fact_row)
-    return rows
+    return uniform_rows(rows)

@@ -200,3 +200,15 @@ def planted(_one_torch_thread):
         accuracy = (model(input_ids=ids).logits[torch.arange(len(answers)), last_pos].argmax(-1) == answers).float().mean()
     assert accuracy >= 0.99, f"planted model only reached accuracy {accuracy:.2f}"
     return Planted(model, tokenizer, facts, layer, filler)
+
+
+@pytest.fixture(scope="session")
+def planted_trace(planted):
+    """editing.causal_trace rows of the first 8 planted facts: all sites, window 1, 10 noise samples."""
+    from orchestrator.context import local_context
+    from tasks.editing.task import CausalTraceParams, TraceFact, causal_trace
+
+    facts = [TraceFact(prompt="{} lives in", subject=s, target=c) for s, c in planted.facts[:8]]
+    ctx = local_context(seed=0)
+    ctx.setup = (planted.model, planted.tokenizer)
+    return causal_trace(CausalTraceParams(model="planted", facts=facts, window=1, samples=10), ctx)

@@ -31,18 +31,6 @@ def test_subject_token_range(tiny_lm):
         subject_token_range(tok, text, "Colosseum")
 
 
-def _facts(planted, n):
-    return [TraceFact(prompt="{} lives in", subject=s, target=c) for s, c in planted.facts[:n]]
-
-
-@pytest.fixture(scope="module")
-def planted_trace(planted):
-    params = CausalTraceParams(model="planted", facts=_facts(planted, 8), window=1, samples=10)
-    ctx = local_context(seed=0)
-    ctx.setup = (planted.model, planted.tokenizer)
-    return causal_trace(params, ctx)
-
-
 def _mean_grid(rows, site):
     cells = [r for r in rows if r["level"] == "cell" and r["site"] == site]
     n_tokens = 1 + max(r["token_index"] for r in cells)
