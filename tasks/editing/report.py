@@ -74,9 +74,9 @@ def plot_trace(
             image = ax.imshow(grid.to_numpy(float), aspect="auto", cmap={"hidden": "Purples", "mlp": "Greens",
                               "attn": "Reds"}[site], vmin=0 if value == "p_restored" else None)
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
-            ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=7)
+            ax.set_xticks(range(grid.shape[1]), [str(int(c)) for c in grid.columns], fontsize=7)
             info = first.iloc[0]
-            window = first[first["site"] == site]["restore_window"].iloc[0]
+            window = int(first[first["site"] == site]["restore_window"].iloc[0])
             ax.set_title(
                 f"{SITE_TITLES[site]} (window {window})\n{info['subject']} -> p clean {info['p_clean']:.2f},"
                 f" corrupted {info['p_corrupted']:.2f}",
@@ -95,10 +95,10 @@ def plot_trace(
 def _bucket(t: int, start: int, end: int, n_tokens: int) -> str:
     if t == n_tokens - 1:
         return "last"
-    if t == start:
-        return "first subject"
     if t == end - 1:
         return "last subject"
+    if t == start:
+        return "first subject"
     if start < t < end - 1:
         return "middle subject"
     if t == end:
@@ -143,19 +143,26 @@ SELECTION_COLUMNS = ("success", "success_before", "success_gain", "success_hard_
                      "degradation_target", "hard_negative_delta")
 
 
-def selection_table(df: pd.DataFrame, bound: float | None = None, bound_metric: str = "degradation_general") -> pd.DataFrame:
-    """Per group (model, dataset, method, league, those that vary or exist):
+def selection_table(
+    df: pd.DataFrame,
+    bound: float | None = None,
+    bound_metric: str = "degradation_general",
+    balls: tuple[float, ...] = (),
+) -> pd.DataFrame:
+    """Per group (model, dataset, method, league: those present):
 
     - val stage (no `selected_from` column): the best trial by success among those with
       `bound_metric <= bound` (all trials when bound is None), with the trial count and how many were
-      inside the bound; ties broken by the lower learning rate, then run id;
+      inside the bound; ties broken by the lower learning rate, then run id; for each eps in `balls`, a
+      column `success_within_<eps>`: the best success among trials with `bound_metric <= eps` (the
+      paper's leagues read off one search);
     - test stage (rows carry `selected_from`): mean over the seeds of each metric, the standard error of
       the success gain in points (100 x std / sqrt(n), as report_test_*.py), and the number of seeds.
     """
     agg = _level(df, "aggregate")
     if agg.empty:
         return pd.DataFrame()
-    keys = [k for k in GROUP_KEYS if k in agg.columns]
+    keys = [k for k in GROUP_KEYS if k in agg.columns and agg[k].notna().any()]
     columns = [c for c in SELECTION_COLUMNS if c in agg.columns]
     out = []
     if "selected_from" in agg.columns and agg["selected_from"].notna().any():
@@ -178,6 +185,9 @@ def selection_table(df: pd.DataFrame, bound: float | None = None, bound_metric: 
             best = inside.sort_values(order).sort_values("success", ascending=False, kind="stable").iloc[0]
             row.update({c: best[c] for c in columns})
             row.update({p: best[p] for p in ("lr", "epochs", "lora_rank", "kl_weight") if p in best.index})
+        for eps in balls:
+            within = part[part[bound_metric].astype(float) <= eps]["success"]
+            row[f"success_within_{eps:g}"] = within.max() if len(within) else math.nan
         out.append(row)
     return pd.DataFrame(out)
 
@@ -200,8 +210,9 @@ def rome_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def report_finetune(df: pd.DataFrame, out_dir: Path) -> list[object]:
-    """`orchestrator report` hook: the selection (val) or transfer (test) table."""
-    return [selection_table(df)]
+    """`orchestrator report` hook: the selection (val: best overall and inside each ball) or transfer
+    (test: mean over seeds) table. The stage's own selection, with its constraints, is in best.parquet."""
+    return [selection_table(df, balls=(1e-3, 1e-2, 5e-2))]
 
 
 def report_trace(df: pd.DataFrame, out_dir: Path) -> list[object]:

@@ -441,7 +441,7 @@ def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, A
         fact_row = {
             "level": "fact", "fact_index": i, "subject": fact.subject, "prompt_text": text,
             "answer_token": tokenizer.decode([answer_id]), "correct_prediction": correct, "traced": traced,
-            "noise_scale": scale, "subject_start": start, "subject_end": end, "n_tokens": len(ids),
+            "noise_level": scale, "subject_start": start, "subject_end": end, "n_tokens": len(ids),
         }
         if not traced:
             rows.append(fact_row)

@@ -26,7 +26,7 @@ def test_bucket_rule():
     # subject tokens 1..3 of 7: first / middle / last subject, first after, further, last token
     buckets = [report._bucket(t, 1, 4, 7) for t in range(7)]
     assert buckets == ["further", "first subject", "middle subject", "last subject", "first after", "further", "last"]
-    assert report._bucket(0, 0, 1, 3) == "first subject"  # a one-token subject is its own first token
+    assert report._bucket(0, 0, 1, 3) == "last subject"  # a one-token subject is its last subject token
 
 
 def _agg(**kw):
@@ -65,3 +65,30 @@ def test_rome_table_means_per_layer():
     ] + [{"level": "prompt", "model": "m", "edit_layer": None}])
     table = report.rome_table(df)
     assert len(table) == 1 and table.iloc[0]["efficacy_score"] == 0.5 and table.iloc[0]["n_edits"] == 2
+
+
+def test_row_columns_never_reuse_parameter_names(planted_trace):
+    # the orchestrator refuses a row column named like a parameter with another value
+    from tasks.editing.task import CausalTraceParams, FinetuneParams
+    from tasks.editing.evaluation import EvalResult, comparison_rows
+    import numpy as np
+
+    result = EvalResult(np.zeros((1, 1)), np.zeros(1, bool), np.zeros(1), 1.0, 1.0, 3)
+    finetune_columns = {k for row in comparison_rows(result, result, "good") for k in row}
+    finetune_columns |= {"epoch_selected", "train_loss_initial", "train_loss_final", "optimizer_steps",
+                         "trainable_params", "n_train"}
+    assert not finetune_columns & set(FinetuneParams.model_fields)
+    trace_columns = {k for row in planted_trace for k in row}
+    assert not trace_columns & set(CausalTraceParams.model_fields)
+    # (editing.rome: checked on real rows in test_rome.py::test_rome_task_on_a_builtin_fact)
+
+
+def test_selection_table_success_inside_each_ball():
+    df = pd.DataFrame([
+        _agg(run_id="a", lr=1e-3, success=0.9, degradation_general=0.02, league=None),
+        _agg(run_id="b", lr=1e-4, success=0.5, degradation_general=0.0005, league=None),
+    ])
+    row = report.selection_table(df, balls=(1e-3, 1e-2, 5e-2)).iloc[0]
+    assert (row["success_within_0.001"], row["success_within_0.05"]) == (0.5, 0.9)
+    assert math.isnan(row["success_within_0.01"]) is False and row["success_within_0.01"] == 0.5
+    assert "league" not in row.index  # a group key that is never set is left out

@@ -185,6 +185,8 @@ def test_rome_task_on_a_builtin_fact(tiny_lm):
     assert agg["level"] == "aggregate" and agg["edit_subject"] == "The Eiffel Tower"
     assert agg["target_new_text"] == " Rome" and agg["target_true_text"] == " Paris"
     assert rows[0]["p_new_after"] > rows[0]["p_new_before"]
+    assert not {k for r in rows for k in r} & set(RomeParams.model_fields)  # no column named like a parameter
+    assert len({tuple(r) for r in rows}) == 1  # one schema for every row
     with pytest.raises(ValueError, match="given together"):
         RomeParams(subject="x")
 
