@@ -231,9 +231,10 @@ def compute_v(
                 optimiser.zero_grad()
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
                 log_probs = F.log_softmax(logits[:n_rewrite], -1)
-                picked = log_probs[torch.arange(n_rewrite)[:, None], label_pos, target_t[None, :]]
+                picked = log_probs[torch.arange(n_rewrite, device=ids.device)[:, None], label_pos, target_t[None, :]]
                 nll = -(picked.sum(1) / len(target_ids)).mean()
-                kl_log = F.log_softmax(logits[n_rewrite:][torch.arange(1), lookup[n_rewrite:]], -1)  # (1, vocab)
+                kl_rows = torch.arange(len(seqs) - n_rewrite, device=ids.device)
+                kl_log = F.log_softmax(logits[n_rewrite:][kl_rows, lookup[n_rewrite:]], -1)  # (1, vocab)
                 if kl_init is None:
                     kl_init = kl_log.detach().clone()
                 kl = hp.kl_factor * F.kl_div(kl_init, kl_log, log_target=True, reduction="batchmean")

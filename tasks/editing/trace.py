@@ -90,8 +90,14 @@ def clean_run(model, inp: TraceInput, site: str) -> tuple[float, dict[int, torch
     """(p(answer), {layer: clean site output (seq, d)}, last-position probabilities (vocab,))."""
     outputs: dict[int, torch.Tensor] = {}
     pairs = []
+    def keep(layer: int):
+        def hook(module, args, output):
+            outputs[layer] = _first(output)[0].detach().clone()
+
+        return hook
+
     for layer in range(_arch.n_layers(model)):
-        pairs.append((site_module(model, site, layer), lambda m, a, o, layer=layer: outputs.__setitem__(layer, _first(o)[0].detach().clone())))
+        pairs.append((site_module(model, site, layer), keep(layer)))
     with _hooks(pairs):
         probs = model(input_ids=inp.input_ids).logits[0, -1].float().softmax(-1)
     return float(probs[inp.answer_id]), outputs, probs
