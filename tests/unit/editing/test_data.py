@@ -100,3 +100,30 @@ def test_errors_name_the_bad_value(tmp_path):
         data.read_examples(bad, pair=False)
     with pytest.raises(FileNotFoundError, match="data_dir"):
         data.data_dir(tmp_path / "missing")
+
+
+def test_known_1000_and_counterfact_readers(tmp_path):
+    # ROME's file formats (JSON lists, as downloaded from the project site), read without network
+    import json
+
+    known = tmp_path / "known_1000.json"
+    known.write_text(json.dumps([{"known_id": 0, "subject": "Vinson Massif", "attribute": "Antarctica",
+                                  "template": "{} is located in the continent of",
+                                  "prompt": "Vinson Massif is located in the continent of"}]))
+    assert data.read_trace_facts(known) == [("{} is located in the continent of", "Vinson Massif", "Antarctica")]
+    counterfact = tmp_path / "counterfact.json"
+    counterfact.write_text(json.dumps([{
+        "case_id": 0,
+        "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
+                              "target_new": {"str": "English"}, "target_true": {"str": "French"}},
+        "paraphrase_prompts": ["Shayna does this. Danielle Darrieux spoke the language"],
+        "neighborhood_prompts": ["The mother tongue of Léon Blum is"],
+    }]))
+    (fact,) = data.read_counterfact(counterfact)
+    assert (fact.subject, fact.target_true, fact.target_new) == ("Danielle Darrieux", "French", "English")
+    assert fact.paraphrase.format(fact.subject) == "Shayna does this. Danielle Darrieux spoke the language"
+    assert fact.neighborhood == ("The mother tongue of Léon Blum is",)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"subject": "x"}\n')
+    with pytest.raises(ValueError, match="record 0"):
+        data.read_trace_facts(bad)
