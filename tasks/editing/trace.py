@@ -1,0 +1,175 @@
+"""Causal tracing (Meng et al. 2022, kmeng01/rome experiments/causal_trace.py), one generic function.
+
+Per fact: corrupt the subject's token embeddings with Gaussian noise, then restore one site's clean
+output at one token and measure the probability of the clean answer.
+- Corruption: at the output of the token-embedding module (before position embeddings are added, as
+  the original hooks `wte`), add nu * eps to every subject token, eps iid N(0, 1), for `samples` rows.
+  The noise is drawn once per fact from a generator seeded with `noise_seed` (1 in the original), so
+  the baseline and every restoration see the same draws (common random numbers).
+- nu: "s3" rule by default, 3 x the std over all elements of the token embeddings of the subjects
+  (`embedding_noise_scale`); a float gives a fixed nu.
+- Sites (one function, `site` argument): "hidden" = a block's output (residual stream after block l),
+  "mlp" = the MLP output, "attn" = the attention output (first element of its tuple). With `window` w,
+  restoring at centre layer l restores layers max(0, l - w//2) .. min(L, l - w//2 + w) - 1 (the code's
+  l-5..l+4 for w = 10; the paper's text says l-4..l+5). The original uses w = 1 for hidden states and
+  w = 10 for MLP and attention.
+- p_clean (high_score) = p(answer) on the clean prompt; p_corrupted (low_score) = mean over noisy rows
+  without restoration; restored grid r[t, l] = mean over noisy rows with the site restored at (t, l).
+Simplification: the clean run is a separate forward (the original puts it in row 0 of the same batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from tasks.editing import _arch
+
+SITES = ("hidden", "mlp", "attn")
+
+
+def site_module(model, site: str, layer: int):
+    """The module whose output is restored for `site` at `layer`."""
+    if site == "hidden":
+        return _arch.layers(model)[layer]
+    if site == "mlp":
+        return _arch.mlp(model, layer)
+    if site == "attn":
+        return _arch.attention(model, layer)
+    raise ValueError(f"site must be one of {SITES}, got site={site!r}")
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
+    """Layers restored for centre `layer`: max(0, l - w//2) .. min(L, l - w//2 + w) - 1."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    start = layer - window // 2
+    return list(range(max(0, start), min(n_layers, start + window)))
+
+
+@torch.no_grad()
+def embedding_noise_scale(model, tokenizer, subjects: Sequence[str], factor: float = 3.0) -> float:
+    """nu = factor x std over all elements of the token embeddings of every subject string ("s3")."""
+    ids = sorted({i for s in subjects for i in tokenizer(s, add_special_tokens=False)["input_ids"]})
+    if not ids:
+        raise ValueError("no subject tokens to estimate the embedding scale from")
+    weight = _arch.embedding(model).weight[torch.tensor(ids, device=_arch.embedding(model).weight.device)]
+    return factor * float(weight.float().std())
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, tensor):
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+@contextmanager
+def _hooks(pairs) -> Iterator[None]:
+    """Register (module, forward-hook) pairs; all removed in finally."""
+    with ExitStack() as stack:
+        for module, fn in pairs:
+            handle = module.register_forward_hook(fn)
+            stack.callback(handle.remove)
+        yield
+
+
+@dataclass
+class TraceInput:
+    input_ids: torch.Tensor  # (1, seq)
+    subject_range: tuple[int, int]  # token indices [start, end)
+    answer_id: int
+
+
+@torch.no_grad()
+def clean_run(model, inp: TraceInput, site: str) -> tuple[float, dict[int, torch.Tensor], torch.Tensor]:
+    """(p(answer), {layer: clean site output (seq, d)}, last-position probabilities (vocab,))."""
+    outputs: dict[int, torch.Tensor] = {}
+    pairs = []
+    def keep(layer: int):
+        def hook(module, args, output):
+            outputs[layer] = _first(output)[0].detach().clone()
+
+        return hook
+
+    for layer in range(_arch.n_layers(model)):
+        pairs.append((site_module(model, site, layer), keep(layer)))
+    with _hooks(pairs):
+        probs = model(input_ids=inp.input_ids).logits[0, -1].float().softmax(-1)
+    return float(probs[inp.answer_id]), outputs, probs
+
+
+def make_noise(samples: int, n_tokens: int, d: int, scale: float, seed: int, device) -> torch.Tensor:
+    """(samples, n_tokens, d) Gaussian noise of std `scale`, from a generator seeded with `seed`."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(samples, n_tokens, d, generator=generator) * scale).to(device)
+
+
+@torch.no_grad()
+def patched_probability(
+    model,
+    inp: TraceInput,
+    noise: torch.Tensor,
+    site: str,
+    restore: Sequence[tuple[int, int]],
+    clean: dict[int, torch.Tensor],
+) -> float:
+    """Mean p(answer) over the noisy rows with the clean `site` output restored at each (token, layer).
+
+    noise: (samples, n_subject_tokens, d) added to the subject's token embeddings. `restore` empty gives
+    the corrupted baseline.
+    """
+    samples = noise.shape[0]
+    start, end = inp.subject_range
+    batch = inp.input_ids.repeat(samples, 1)
+
+    def corrupt(module, args, output):  # (samples, seq, d)
+        output = output.clone()
+        output[:, start:end] += noise.to(output.dtype)
+        return output
+
+    by_layer: dict[int, list[int]] = {}
+    for token, layer in restore:
+        by_layer.setdefault(layer, []).append(token)
+
+    def restorer(layer):
+        tokens = by_layer[layer]
+
+        def hook(module, args, output):
+            hidden = _first(output).clone()
+            hidden[:, tokens] = clean[layer][tokens].to(hidden.dtype)
+            return _replace_first(output, hidden)
+
+        return hook
+
+    pairs = [(_arch.embedding(model), corrupt)]
+    pairs += [(site_module(model, site, layer), restorer(layer)) for layer in by_layer]
+    with _hooks(pairs):
+        probs = model(input_ids=batch).logits[:, -1].float().softmax(-1)  # (samples, vocab)
+    return float(probs[:, inp.answer_id].mean())
+
+
+@torch.no_grad()
+def trace_grid(
+    model,
+    inp: TraceInput,
+    site: str,
+    noise: torch.Tensor,
+    window: int = 1,
+    tokens: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, float, float]:
+    """Restored probabilities r (seq, L) for every (token, centre layer), plus (p_clean, p_corrupted)."""
+    n_layers = _arch.n_layers(model)
+    p_clean, clean, _ = clean_run(model, inp, site)
+    p_corrupted = patched_probability(model, inp, noise, site, [], clean)
+    seq = inp.input_ids.shape[1]
+    grid = torch.full((seq, n_layers), float("nan"))
+    for t in tokens if tokens is not None else range(seq):
+        for layer in range(n_layers):
+            restore = [(t, l) for l in window_layers(layer, window, n_layers)]
+            grid[t, layer] = patched_probability(model, inp, noise, site, restore, clean)
+    return grid, p_clean, p_corrupted
