@@ -120,11 +120,14 @@ def _corner(dist: Any) -> Any:
     return dist.choices[0] if hasattr(dist, "choices") else dist.low
 
 
-def expected_runs(sweep: Sweep, name: str) -> int:
+def expected_runs(sweep: Sweep, name: str) -> int | None:
+    """Runs a tune or transfer stage will have (None for a transfer whose selection has not run yet)."""
     plan = sweep.plans[name]
     if plan.stage.tune is not None:
         return len(tune_groups(plan)) * plan.stage.tune.num_samples
     best = read_best(sweep.store, plan.stage.transfer)  # type: ignore[arg-type]
+    if not best:
+        return None
     per_config = sum(1 for _ in parse_params(plan.stage.params, sweep.loaded.source, plan.path("params")))
     return sum(1 for row in best if row["feasible"]) * per_config
 

@@ -46,3 +46,27 @@ def test_narrow_model_has_lower_entropy_and_diversity(quickstart) -> None:
     assert entropy["tiny-gpt2-narrow"] < entropy["tiny-gpt2-pretrained"] - 1.0
     div = stage(quickstart, "diversity").groupby(["temperature", "model"]).distinct_2.mean().unstack()
     assert (div["tiny-gpt2-narrow"] < div["tiny-gpt2-pretrained"]).all()
+
+
+def test_attention_stays_sensitive_while_random_features_decay(quickstart) -> None:
+    # Invariant (issue 3, claims C1-C2): S_rf decays with context length n; S_raf does not.
+    df = stage(quickstart, "sens")
+    synthetic = df[df.dataset == "synthetic"].groupby(["map", "n"]).S.mean()
+    assert synthetic["rf"][40] / synthetic["rf"][5] < 0.5
+    assert synthetic["raf"][40] / synthetic["raf"][5] > 0.7
+    assert (df[df.dataset == "upstream"].status == "ok").all() and set(df[df.dataset == "upstream"].layer) == {0, 2}
+
+
+def test_attributions_beat_random_on_the_planted_model(quickstart) -> None:
+    # Invariant (issue 4): ReAGent and gradient methods beat a random attribution on soft sufficiency.
+    df = stage(quickstart, "attribution").groupby("method")[["soft_ns", "random_soft_ns"]].mean()
+    for method in ("reagent", "integrated_gradients", "input_x_gradient", "gradient_shap"):
+        assert df.loc[method, "soft_ns"] > df.loc[method, "random_soft_ns"], method
+
+
+def test_editing_val_selection_transfers_to_test(quickstart) -> None:
+    # Invariant (issue 5): the best val config per method runs on the test split, named in its rows.
+    val, test = stage(quickstart, "edit_val"), stage(quickstart, "edit_test")
+    assert set(val.method) == {"full", "lora"} and (val.split == "val").all()
+    assert (test.split == "test").all() and set(test.selected_from) <= set(val.run_id)
+    assert set(test.seed) == {0, 1}
