@@ -143,7 +143,10 @@ def _gpu_name(gpu_ids: list[int]) -> str | None:
 
 
 class SetupCache:
-    """Expensive per-task state (a loaded model), kept per worker, least recently used evicted."""
+    """Expensive per-task state (a loaded model), kept per worker, least recently used evicted.
+
+    `capacity=0` keeps nothing: every run sets up afresh (the no-reuse baseline of the benchmarks).
+    """
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
@@ -157,11 +160,12 @@ class SetupCache:
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        while len(self.entries) >= self.capacity:
+        while self.entries and len(self.entries) >= self.capacity:
             self.entries.popitem(last=False)
         state = task.setup(params, ctx)
         self.loads += 1
-        self.entries[key] = state
+        if self.capacity:
+            self.entries[key] = state
         return state
 
 
