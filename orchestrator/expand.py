@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import SpecError
 from orchestrator.spec import KeyPath, SpecSource
 
 FORMS = ("grid", "range", "zip", "cases", "when")
@@ -310,7 +309,7 @@ def resolve_references(params: dict[str, Any], source: SpecSource, path: KeyPath
         return {k: _resolve(v, params) for k, v in params.items()}
     except KeyError as exc:
         name = exc.args[0]
-        raise source.error(path, f"reference '${{{name}}}' is not set in this run (a conditional left it out?)")
+        raise source.error(path, f"reference '${{{name}}}' is not set in this run (a conditional left it out?)") from None
 
 
 def expand(space: ParamSpace) -> Iterator[dict[str, Any]]:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.runner import run_sweep
 from orchestrator.spec import load_spec
 from orchestrator.stages import Sweep
 from orchestrator.store import load_results
