@@ -89,6 +89,8 @@ class ResultStore:
             self.fs, base, self.is_local = filesystem, self.root.rstrip("/"), False
         else:
             self.fs, base, self.is_local = _filesystem(self.root)
+            if self.is_local:
+                self.root = base  # absolute: workers run in other directories
         self.base = f"{base}/{sweep}"
 
     # -- paths

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import OrchestratorError, SpecError
 from orchestrator.execute import RunPayload, current_gpu_ids, execute_run, worker_cache
 from orchestrator.expand import parse_params
 from orchestrator.runs import Run, StagePlan, canonical_json
@@ -223,6 +223,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
 def _tune_group(sweep: Sweep, plan: StagePlan, group: Group, previous: list[Trial], new_trials: int) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet rows are the record
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no per-experiment boxes between our progress bars
     import logging
 
     import optuna
@@ -264,7 +265,11 @@ def _tune_group(sweep: Sweep, plan: StagePlan, group: Group, previous: list[Tria
             failure_config=tune.FailureConfig(max_failures=plan.stage.retries.system),
         ),
     )
-    tuner.fit()
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error is not None]
+    if errors:
+        raise OrchestratorError(f"stage {plan.name}, group {group.label}: {len(errors)} Tune trial(s) crashed "
+                                f"outside the task: {errors[0]}")
 
 
 # ---------------------------------------------------------------- stages
@@ -316,6 +321,7 @@ def _run_tune_stage(sweep: Sweep, plan: StagePlan, progress: ProgressSink,
     tune_spec = plan.stage.tune
     groups = tune_groups(plan)
     before = stored_trials(sweep, plan.name)
+    stored_before = len(sweep.states(plan.name, refresh=True))
     total = len(groups) * tune_spec.num_samples  # type: ignore[union-attr]
     missing = {g.label: tune_spec.num_samples - sum(_in_group(t, g) for t in before) for g in groups}  # type: ignore[union-attr]
     progress.stage_started(plan.name, total, total - sum(max(0, m) for m in missing.values()),
@@ -328,9 +334,15 @@ def _run_tune_stage(sweep: Sweep, plan: StagePlan, progress: ProgressSink,
         ensure_cluster()
         _tune_group(sweep, plan, group, [t for t in before if _in_group(t, group)], missing[group.label])
     after = stored_trials(sweep, plan.name)
-    outcome.executed = outcome.ok = len(after) - len(before)
     states = sweep.states(plan.name, refresh=True)
     outcome.failed = sum(1 for s in states.values() if s.status != OK)
+    outcome.executed = outcome.ok = len(after) - len(before)
+    wanted = sum(max(0, m) for m in missing.values())
+    if len(states) - stored_before < wanted:
+        raise OrchestratorError(
+            f"stage {plan.name}: {wanted} trials ran but only {len(states) - stored_before} reached the store at "
+            f"{sweep.store.base}; the results root must be reachable from every worker (a shared path or URI)"
+        )
     progress.advance(plan.name, outcome.ok, 0)
     best = write_best(sweep, plan, groups, after)
     infeasible = [row["group"] for row in best if not row["feasible"]]

@@ -74,3 +74,13 @@ def test_selection_honours_constraints(write_spec, tmp_path: Path) -> None:
         assert row["best_value"] >= 2.0 and row["best_value"] == pytest.approx(allowed.loss.min())
         bound.append(group.loss.min() < row["best_value"])
     assert any(bound)  # in some group a better, constraint-violating trial existed and was passed over
+
+
+def test_relative_results_root_reaches_tune_trials(write_spec, tmp_path: Path, monkeypatch) -> None:
+    # Invariant: with a relative results root (the CLI default), rows written by Tune trials in other
+    # working directories land in the same store as the driver's.
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(SPEC.format(constraints="[]").replace("num_samples: 6", "num_samples: 2"))
+    run_sweep(Sweep(load_spec(spec), "results"))
+    assert len(load_results(str(tmp_path / "results"), "tuned", "val")) == 4
+    assert len(load_results(str(tmp_path / "results"), "tuned", "test")) == 4
