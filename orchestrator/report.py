@@ -65,6 +65,15 @@ def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
     plan = sweep.plans[stage]
     counts = df.drop_duplicates("run_id")["status"].value_counts().to_dict()
     items: list[Any] = [f"[bold]{stage}[/] ({plan.task.name}): " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    if plan.stage.tune is not None:
+        from orchestrator.tune import read_best
+
+        best = pd.DataFrame(read_best(sweep.store, stage))
+        if not best.empty:
+            shown = ["group", "feasible", "n_trials", "n_feasible", "best_value", "best_params", "best_run_id"]
+            items.append(_table(f"{stage}: best config per group ({plan.stage.tune.metric}, "
+                                f"{plan.stage.tune.mode}; {'; '.join(plan.stage.tune.constraints) or 'no constraint'})",
+                                best[shown]))
     target = report_hooks().get(plan.task.name)
     summary = summary_frame(df, list(plan.task.params.model_fields))
     if not target and not summary.empty:
