@@ -8,6 +8,7 @@ A family adds report hooks in its `__init__.py`: `REPORTS = {"family.task": "mod
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,14 @@ def _table(title: str, frame: pd.DataFrame) -> Table:
     return table
 
 
+def _chosen(params_json: str | None, keys: list[str]) -> str:
+    """The searched parameters of a chosen config, e.g. `lr=0.0006848, epochs=5`."""
+    if not params_json:
+        return "-"
+    params = json.loads(params_json)
+    return ", ".join(f"{k}={params[k]:.4g}" if isinstance(params[k], float) else f"{k}={params[k]}" for k in keys)
+
+
 def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
     table = sweep.store.read_stage(stage)
     if table.num_rows == 0:
@@ -70,7 +79,9 @@ def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
 
         best = pd.DataFrame(read_best(sweep.store, stage))
         if not best.empty:
-            shown = ["group", "feasible", "n_trials", "n_feasible", "best_value", "best_params", "best_run_id"]
+            space = list(plan.stage.tune.space)
+            best["chosen"] = [_chosen(text, space) for text in best["best_params"]]
+            shown = ["group", "feasible", "n_trials", "n_feasible", "best_value", "chosen", "best_run_id"]
             items.append(_table(f"{stage}: best config per group ({plan.stage.tune.metric}, "
                                 f"{plan.stage.tune.mode}; {'; '.join(plan.stage.tune.constraints) or 'no constraint'})",
                                 best[shown]))
