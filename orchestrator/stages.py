@@ -213,7 +213,7 @@ class Sweep:
         seen, runs = set(run_ids), {}
         for row in table.to_pylist():
             if row["run_id"] in seen and row["run_id"] not in runs:
-                params = {k: _from_column(row.get(k)) for k in fields if row.get(k) is not None}
+                params = {k: from_column(row.get(k)) for k in fields if row.get(k) is not None}
                 runs[row["run_id"]] = Run(self.loaded.name, name, plan.task.name, plan.task.version,
                                           plan.task.params.model_validate(params).model_dump(mode="json"),
                                           row["run_id"])
@@ -269,7 +269,10 @@ def result_rows(run: Run, result: RunResult, extra: dict[str, Any] | None = None
     return [{**base, **row, **tail} for row in result.rows]
 
 
-def _from_column(value: Any) -> Any:
+def from_column(value: Any) -> Any:
+    """A parameter as read back from its column (the inverse of `param_column`)."""
+    if hasattr(value, "item"):  # numpy scalars from pandas
+        value = value.item()
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)

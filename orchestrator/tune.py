@@ -27,7 +27,9 @@ from orchestrator.execute import RunPayload, current_gpu_ids, execute_run, worke
 from orchestrator.expand import parse_params
 from orchestrator.runs import Run, StagePlan, canonical_json
 from orchestrator.select import Constraint, Trial, parse_constraint, select_best
-from orchestrator.stages import RESERVED_COLUMNS, ProgressSink, StageOutcome, Sweep, param_column, result_rows
+from orchestrator.stages import (
+    RESERVED_COLUMNS, ProgressSink, StageOutcome, Sweep, from_column, param_column, result_rows,
+)
 from orchestrator.store import OK, ResultStore
 
 SPACE_FORMS = ("uniform", "loguniform", "quniform", "randint", "choice")
@@ -149,7 +151,7 @@ def stored_trials(sweep: Sweep, name: str) -> list[Trial]:
     trials = []
     for run_id, rows in df.groupby("run_id", sort=True):
         first = rows.iloc[0]
-        params = {k: _json_value(first[k]) for k in fields if k in rows.columns and _present(first[k])}
+        params = {k: from_column(first[k]) for k in fields if k in rows.columns and _present(first[k])}
         metrics = {c: float(rows[c].astype(float).mean()) for c in metric_columns if rows[c].notna().any()}
         trials.append(Trial(str(run_id), params, metrics))
     return trials
@@ -157,17 +159,6 @@ def stored_trials(sweep: Sweep, name: str) -> list[Trial]:
 
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def _json_value(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _in_group(trial: Trial, group: Group) -> bool:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,23 +77,9 @@ def train_copy_model(path: str | os.PathLike, steps: int = 250, lr: float = 5e-3
 
 def copy_model_path() -> Path:
     """The cached "tiny-gpt2-copy" directory, trained on first use (safe under concurrent callers)."""
-    from tasks.common.tiny import cache_root
+    from tasks.common.tiny import cached_build
 
-    target = cache_root() / f"tiny-gpt2-copy-v{COPY_VERSION}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        train_copy_model(tmp / "model")
-        try:
-            os.replace(tmp / "model", target)
-        except OSError:  # another caller's build landed first: keep it
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_build(f"tiny-gpt2-copy-v{COPY_VERSION}", train_copy_model)
 
 
 def accuracy(model: Any, n: int = 256, seed: int = 123) -> float:

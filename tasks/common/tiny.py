@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -281,15 +281,25 @@ def tiny_model_path(name: str) -> Path:
     """
     if name not in BUILTIN_TINY:
         raise ValueError(f"unknown tiny model {name!r}; built-in tiny models: {', '.join(BUILTIN_TINY)}")
-    target = cache_root() / f"{name}-v{TINY_VERSION}"
+    builder, kwargs = BUILTIN_TINY[name]
+    return cached_build(f"{name}-v{TINY_VERSION}", lambda tmp: builder(tmp, **kwargs))
+
+
+def cached_build(directory: str, build: Callable[[Path], object]) -> Path:
+    """`cache_root()/directory`, made by `build(tmp_dir)` on first use; safe under concurrent callers.
+
+    Every built-in model of every family goes through here: the build writes into a private temporary
+    directory next to the target, which is then renamed into place (a complete build that landed first
+    is kept).
+    """
+    target = cache_root() / directory
     if _is_complete(target):
         return target
-    builder, kwargs = BUILTIN_TINY[name]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        log.info("building tiny model %s into %s", name, target)
-        builder(tmp, **kwargs)
+        log.info("building %s", target)
+        build(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared with other users' workers
         _move_into_place(tmp, target)
     finally:

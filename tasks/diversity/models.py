@@ -16,13 +16,9 @@ Any other name goes to `tasks.common.models.load_causal_lm` (built-in tiny names
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 
 # Bump when the recipes below (or data.NARROW_TEXT) change: cached builds are keyed on it.
 DIVERSITY_MODELS_VERSION = 1
@@ -47,33 +43,15 @@ def training_text(key: str) -> str:
     return NARROW_TEXT * 8
 
 
-def _complete(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
 def model_path(name: str) -> str:
     """A loadable name or path for `name`: the cached directory of a family built-in, else `name` itself."""
     if name not in RECIPES:
         return name
-    from tasks.common.tiny import TINY_VERSION, cache_root
+    from tasks.common.tiny import TINY_VERSION, cached_build
 
-    target = cache_root() / f"{name}-t{TINY_VERSION}-d{DIVERSITY_MODELS_VERSION}"
-    if _complete(target):
-        return str(target)
     base, text_key, steps, lr = RECIPES[name]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        log.info("building %s (%s + %d steps on %s) into %s", name, base, steps, text_key, target)
-        build_finetuned(base, training_text(text_key), tmp, steps=steps, lr=lr)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _complete(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    return str(cached_build(f"{name}-t{TINY_VERSION}-d{DIVERSITY_MODELS_VERSION}",
+                            lambda tmp: build_finetuned(base, training_text(text_key), tmp, steps=steps, lr=lr)))
 
 
 def build_finetuned(base: str, text: str, path: str | os.PathLike, steps: int, lr: float = 3e-3, seed: int = 0) -> Path:

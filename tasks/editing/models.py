@@ -14,14 +14,10 @@ concurrent builders each write a temporary directory and rename it into place. A
 
 from __future__ import annotations
 
-import logging
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 
 # Bump when the recipe below (or data.BUILTIN_FACTS) changes: cached builds are keyed on it.
 EDITING_MODELS_VERSION = 1
@@ -48,33 +44,14 @@ def fact_lines() -> list[str]:
     return lines
 
 
-def _complete(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
 def model_path(name: str) -> str:
     """A loadable name or path for `name`: the cached directory of a family built-in, else `name` itself."""
     if name not in RECIPES:
         return name
-    from tasks.common.tiny import TINY_VERSION, cache_root
+    from tasks.common.tiny import TINY_VERSION, cached_build
 
-    target = cache_root() / f"{name}-t{TINY_VERSION}-e{EDITING_MODELS_VERSION}"
-    if _complete(target):
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        log.info("building %s into %s", name, target)
-        build_facts_model(tmp, *RECIPES[name])
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _complete(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    return str(cached_build(f"{name}-t{TINY_VERSION}-e{EDITING_MODELS_VERSION}",
+                            lambda tmp: build_facts_model(tmp, *RECIPES[name])))
 
 
 def build_facts_model(

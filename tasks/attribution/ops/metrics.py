@@ -73,7 +73,7 @@ def soft_metrics(
     masked = embeds[None] * (u < keep_t[:, :, None]).to(embeds.dtype)  # (2 + 2M, L, d)
     last = torch.full((len(keep_t),), L - 1, device=embeds.device)
     probs = last_logits(model, last, inputs_embeds=masked).double().softmax(-1)  # (2 + 2M, V)
-    q, dist = probs[0], distance(probs[1:], probs[0][None], distance_kind)
+    dist = distance(probs[1:], probs[0][None], distance_kind)
     d_0 = float(dist[0])
     return [soft_ns_nc_from_distances(float(dist[1 + 2 * m]), float(dist[2 + 2 * m]), d_0)
             for m in range(len(score_sets))]
