@@ -7,7 +7,6 @@ import itertools
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -59,13 +58,11 @@ def test_references_keep_type_and_interpolate() -> None:
 
 
 def test_expansion_is_lazy() -> None:
-    # Invariant: a 10^12-point space yields its first run at once (nothing is materialised).
+    # Invariant: a 10^12-point space yields its first runs (materialising it would never finish).
     axes = {f"k{i}": {"range": [0, 1000]} for i in range(4)}
     space = parse_params(axes, SpecSource("t.yaml"), ("params",))
     assert space.size() == 10**12
-    start = time.perf_counter()
     first = list(itertools.islice(space, 3))
-    assert time.perf_counter() - start < 0.5
     assert first[2] == {"k0": 0, "k1": 0, "k2": 0, "k3": 2}
 
 
