@@ -7,7 +7,8 @@ Tensors in, tensors out; no parameters models here.
 - Embedding edits (`edited_embeddings`, `swap_rows`, `noise_rows`): in-place edits of rows of the input
   embedding matrix, restored exactly (a saved copy) in `finally`. With tied input/output embeddings
   (GPT-2, SmolLM2) the same rows are the unembedding, so a swap also swaps the two tokens as OUTPUTS;
-  the tasks record `tied_embeddings` so readers know.
+  the tasks record `tied_embeddings`, and `keep_output=True` gives the output layer an unedited copy
+  for the duration so that only the input side changes (the notes' question).
 - Input noise (`input_noise`, `noised_distributions`): Gaussian noise added to the token-embedding output
   at chosen positions (forward hook on the embedding module; position embeddings untouched, as causal
   tracing corrupts), without any restoration. The same standard-normal draws are reused for every scale
@@ -85,15 +86,26 @@ def embeddings_tied(model: Any) -> bool:
 
 
 @contextlib.contextmanager
-def edited_embeddings(model: Any, edit: Callable[[torch.Tensor], None]) -> Iterator[None]:
-    """Apply `edit(weight)` to the input embedding matrix (V, d) in place; restore the exact tensor after."""
+def edited_embeddings(model: Any, edit: Callable[[torch.Tensor], None], keep_output: bool = False) -> Iterator[None]:
+    """Apply `edit(weight)` to the input embedding matrix (V, d) in place; restore the exact tensor after.
+
+    keep_output=True with tied input/output embeddings: the output layer gets an unedited copy of the
+    matrix for the duration (its Parameter is put back in `finally`), so only the INPUT side changes.
+    keep_output=False edits the shared matrix, so a tied model sees the edit at its output too.
+    """
     weight = input_embedding(model).weight
     saved = weight.detach().clone()
+    output = model.get_output_embeddings() if keep_output and embeddings_tied(model) else None
+    shared = output.weight if output is not None else None
     try:
+        if output is not None:
+            output.weight = torch.nn.Parameter(saved.clone(), requires_grad=shared.requires_grad)
         with torch.no_grad():
             edit(weight)
         yield
     finally:
+        if output is not None:
+            output.weight = shared
         with torch.no_grad():
             weight.copy_(saved)
 

@@ -75,6 +75,9 @@ class EmbeddingSwapParams(TaskParams):
     noise_scale: float = Field(1.0, ge=0)  # in units of the embedding matrix's std (modes noise, swap_noise)
     questions: list[str] = DEFAULT_QUESTIONS
     top_k: int = Field(5, ge=1)
+    # tied input/output embeddings: "keep" edits the input side only (the output layer keeps the unedited
+    # matrix); "tied" edits the shared matrix, as a plain in-place swap of wte does (outputs swap too)
+    output: Literal["keep", "tied"] = "keep"
 
 
 def resolve_variants(tokenizer, words: list[str], variants: list[str]) -> list[dict]:
@@ -108,13 +111,14 @@ def _swap_edit(model, resolved: list[dict], mode: str, noise_scale: float, seed:
     return edit, noised
 
 
-def answer_table(model, tokenizer, questions: list[str], edit, touched: list[int], top_k: int, **extra) -> list[dict]:
+def answer_table(model, tokenizer, questions: list[str], edit, touched: list[int], top_k: int, keep_output: bool,
+                 **extra) -> list[dict]:
     """top-k rows before/after `edit` and one answer row per question."""
     from tasks.probing import compute
 
     encoded = [compute.prompt_ids(tokenizer, q) for q in questions]
     before = [compute.next_token_probs(model, ids) for ids in encoded]
-    with compute.edited_embeddings(model, edit):
+    with compute.edited_embeddings(model, edit, keep_output=keep_output):
         after = [compute.next_token_probs(model, ids) for ids in encoded]
     rows = []
     for qi, (question, ids, p0, p1) in enumerate(zip(questions, encoded, before, after)):
@@ -141,8 +145,8 @@ def answer_table(model, tokenizer, questions: list[str], edit, touched: list[int
 def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
     """Swap (or noise) the input embeddings of two words in each tokenisation variant; top-k answers per
     question before and after (seeds.md D.8 "Embedding swap"). Variants whose form is not one token are
-    reported (level "variant", ok False) and left untouched. With tied embeddings the swapped rows are
-    also the output rows (`tied_embeddings`). Noise std = noise_scale x std(embedding matrix), seed ctx.seed.
+    reported (level "variant", ok False) and left untouched. With tied embeddings, output="keep" (default)
+    leaves the output layer unedited; output="tied" swaps the shared rows, so outputs swap too. Noise std = noise_scale x std(embedding matrix), seed ctx.seed.
     """
     from tasks.probing import compute
 
@@ -159,7 +163,7 @@ def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
              "pieces_b": r["pieces"][1] if len(words) > 1 else None, "ok": r["ok"], "variant_set": variant_set,
              "tied_embeddings": tied} for r in resolved]
     rows += answer_table(model, tokenizer, list(params.questions), edit, touched, params.top_k,
-                         variant_set=variant_set, tied_embeddings=tied)
+                         params.output == "keep", variant_set=variant_set, tied_embeddings=tied)
     return _uniform(rows)
 
 
@@ -235,7 +239,7 @@ class SaliencyParams(TaskParams):
                           "gradient_shap"]] = ["gradient_x_input", "integrated_gradients"]
     baselines: list[Literal["bos", "eos", "zero", "unk"]] = ["bos", "eos", "zero"]  # integrated_gradients only
     n_steps: int = Field(50, ge=2)
-    swap: SwapSpec | None = None  # also attribute with these embeddings swapped
+    swap: SwapSpec | None = None  # also attribute with these input embeddings swapped (output layer kept)
 
 
 @task("probing.saliency", params=SaliencyParams, version=1, setup=load_model, setup_keys=("model",),
@@ -265,7 +269,7 @@ def saliency(params: SaliencyParams, ctx: RunContext) -> list[dict]:
             target = int(compute.next_token_probs(model, ids.tolist()).argmax())
         pieces = compute.token_pieces(tokenizer, ids.tolist())
         for condition, edit in conditions:
-            with compute.edited_embeddings(model, edit):
+            with compute.edited_embeddings(model, edit, keep_output=True):
                 p_target = float(compute.next_token_probs(model, ids.tolist())[target])
                 for method in params.methods:
                     for baseline in (params.baselines if method == "integrated_gradients" else [None]):

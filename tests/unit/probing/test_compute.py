@@ -101,3 +101,20 @@ def test_layer_groups_cover_every_parameter(planted_lm):
     groups = compute.layer_groups(model)
     assert [g for g, _ in groups] == [0, 1, None]
     assert sum(p.numel() for _, ps in groups for p in ps) == sum(p.numel() for p in model.parameters())
+
+
+def test_keep_output_edits_the_input_side_only(planted_lm):
+    """Tied embeddings: keep_output leaves absent tokens' swap without effect; a plain swap moves outputs."""
+    model, tokenizer = planted_lm
+    cat, dog = compute.single_token_id(tokenizer, " cat"), compute.single_token_id(tokenizer, " dog")
+    ids = compute.prompt_ids(tokenizer, "The bird is")  # neither swapped token in the input
+    clean = compute.next_token_probs(model, ids)
+    shared = model.get_output_embeddings().weight
+    with compute.edited_embeddings(model, lambda w: compute.swap_rows(w, [(cat, dog)]), keep_output=True):
+        kept = compute.next_token_probs(model, ids)
+    with compute.edited_embeddings(model, lambda w: compute.swap_rows(w, [(cat, dog)])):
+        tied = compute.next_token_probs(model, ids)
+    assert model.get_output_embeddings().weight is shared and compute.embeddings_tied(model)
+    torch.testing.assert_close(kept, clean, rtol=0, atol=0)
+    assert float(tied[cat]) == pytest.approx(float(clean[dog]), rel=1e-5)
+    assert float(tied[dog]) == pytest.approx(float(clean[cat]), rel=1e-5)
