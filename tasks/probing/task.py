@@ -63,17 +63,17 @@ class SwapSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     token_a: str = "cat"
     token_b: str = "dog"
-    variants: list[Variant] = ["space_lower"]
+    variants: list[Variant] = Field(default_factory=lambda: ["space_lower"])
 
 
 class EmbeddingSwapParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     token_a: str = "cat"
     token_b: str | None = "dog"  # None: noise on token_a only (mode noise)
-    variants: list[Variant] = ["space_lower"]
+    variants: list[Variant] = Field(default_factory=lambda: ["space_lower"])
     mode: Literal["swap", "noise", "swap_noise"] = "swap"
     noise_scale: float = Field(1.0, ge=0)  # in units of the embedding matrix's std (modes noise, swap_noise)
-    questions: list[str] = DEFAULT_QUESTIONS
+    questions: list[str] = Field(default_factory=lambda: list(DEFAULT_QUESTIONS))
     top_k: int = Field(5, ge=1)
     # tied input/output embeddings: "keep" edits the input side only (the output layer keeps the unedited
     # matrix); "tied" edits the shared matrix, as a plain in-place swap of wte does (outputs swap too)
@@ -173,9 +173,9 @@ def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
 
 class SubjectNoiseParams(TaskParams):
     model: str = "tiny-gpt2-facts"
-    questions: list[str] = DEFAULT_QUESTIONS
-    subjects: list[str] = ["cat", "dog", "mouse", "lion"]  # each noised alone where it occurs in a question
-    noise_scales: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]  # x std(embedding matrix)
+    questions: list[str] = Field(default_factory=lambda: list(DEFAULT_QUESTIONS))
+    subjects: list[str] = Field(default_factory=lambda: ["cat", "dog", "mouse", "lion"])  # each noised alone where it occurs in a question
+    noise_scales: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])  # x std(embedding matrix)
     samples: int = Field(10, ge=1)
     noise_unit: Literal["embedding_std", "absolute"] = "embedding_std"
 
@@ -233,11 +233,11 @@ def subject_noise(params: SubjectNoiseParams, ctx: RunContext) -> list[dict]:
 
 class SaliencyParams(TaskParams):
     model: str = "tiny-gpt2-facts"
-    questions: list[str] = DEFAULT_QUESTIONS[:3]
+    questions: list[str] = Field(default_factory=lambda: DEFAULT_QUESTIONS[:3])
     answers: list[str] | None = None  # first answer token per question (text); None: the greedy answer
     methods: list[Literal["gradient_x_input", "integrated_gradients", "norm", "input_x_gradient",
-                          "gradient_shap"]] = ["gradient_x_input", "integrated_gradients"]
-    baselines: list[Literal["bos", "eos", "zero", "unk"]] = ["bos", "eos", "zero"]  # integrated_gradients only
+                          "gradient_shap"]] = Field(default_factory=lambda: ["gradient_x_input", "integrated_gradients"])
+    baselines: list[Literal["bos", "eos", "zero", "unk"]] = Field(default_factory=lambda: ["bos", "eos", "zero"])  # integrated_gradients only
     n_steps: int = Field(50, ge=2)
     swap: SwapSpec | None = None  # also attribute with these input embeddings swapped (output layer kept)
 

@@ -30,13 +30,13 @@ def test_swap_rows_matches_numpy():
 
 
 def test_edited_embeddings_restores_exactly(planted_lm):
-    model, tokenizer = planted_lm
+    model, _ = planted_lm
     weight = model.get_input_embeddings().weight
     saved = weight.detach().clone()
-    with pytest.raises(RuntimeError):
-        with compute.edited_embeddings(model, lambda w: compute.noise_rows(w, [3, 5], 1.0, torch.Generator().manual_seed(0))):
-            assert not torch.equal(weight, saved)
-            raise RuntimeError("boom")
+    edit = lambda w: compute.noise_rows(w, [3, 5], 1.0, torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError), compute.edited_embeddings(model, edit):
+        assert not torch.equal(weight, saved)
+        raise RuntimeError("boom")
     assert torch.equal(weight, saved)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 import torch
 
 from orchestrator.context import local_context
@@ -48,7 +47,7 @@ def test_noise_mode_is_seeded_and_restores(planted_lm):
     a = embedding_swap(params, _ctx(planted_lm, seed=1))
     b = embedding_swap(params, _ctx(planted_lm, seed=1))
     assert a == b
-    answer = [r for r in a if r["level"] == "answer"][0]
+    answer = next(r for r in a if r["level"] == "answer")
     assert answer["p_original_answer_after"] < answer["p_before"]
 
 
@@ -114,7 +113,12 @@ def test_fact_injection_one_layer_trainable(planted_lm):
 
 def test_fact_injection_all_layers_and_report(planted_lm, tmp_path):
     from tasks.probing.report import injection_table, report_injection, report_swap
-    from tasks.probing.task import EmbeddingSwapParams, FactInjectionParams, embedding_swap, fact_injection
+    from tasks.probing.task import (
+        EmbeddingSwapParams,
+        FactInjectionParams,
+        embedding_swap,
+        fact_injection,
+    )
 
     params = FactInjectionParams(model="planted", question="The mouse is", answer="yellow", lr=1e-3, max_steps=40)
     rows = fact_injection(params, _ctx(planted_lm))
