@@ -85,9 +85,9 @@ def test_swap_cat_dog(smollm2):
             _show(f"swap cat<->dog variants={'+'.join(variants)} output={output}", table.reset_index())
     assert torch.equal(smollm2[0].get_input_embeddings().weight, saved)
     keep = tables[("space_lower", "keep")]
-    untouched = keep[~keep.touched_in_input]
+    untouched = keep[~keep.touched_in_input.astype(bool)]
     assert (untouched.p_after == untouched.p_before).all()  # absent tokens: no influence (input side only)
-    touched = keep[keep.touched_in_input]
+    touched = keep[keep.touched_in_input.astype(bool)]
     assert (touched.p_original_answer_after != touched.p_before).all()
     # a swap is a relabelling: "The cat ..." with the rows swapped reads as "The dog ..." (same numbers)
     assert keep.loc["The cat chased the", "answer_after"] == keep.loc["The dog chased the", "answer_before"]
