@@ -118,3 +118,27 @@ def test_keep_output_edits_the_input_side_only(planted_lm):
     torch.testing.assert_close(kept, clean, rtol=0, atol=0)
     assert float(tied[cat]) == pytest.approx(float(clean[dog]), rel=1e-5)
     assert float(tied[dog]) == pytest.approx(float(clean[cat]), rel=1e-5)
+
+
+def test_injection_sgd_update_is_lr_times_gradient(planted_lm):
+    """With SGD the step-1 update norm of every group is lr x its gradient norm; frozen groups stay 0."""
+    from tasks.editing.finetune import prepare_model
+
+    model, tokenizer = planted_lm
+    trained = prepare_model(model, "layers", trainable_layers=[0])
+    steps, layers = compute.injection_run(trained, tokenizer, "The mouse is yellow.", "The mouse is", "yellow",
+                                          lr=0.1, max_steps=3, optimizer="sgd", stop_when_learned=False)
+    assert [s["step"] for s in steps] == [0, 1, 2, 3]
+    first = [r for r in layers if r["step"] == 1]
+    by_layer = {r["layer"]: r for r in first}
+    assert by_layer[0]["update_norm"] == pytest.approx(0.1 * by_layer[0]["grad_norm"], rel=1e-5)
+    assert by_layer[0]["grad_norm"] > 0
+    for key in (1, None):
+        assert by_layer[key]["grad_norm"] == 0 and by_layer[key]["update_norm"] == 0
+        assert not by_layer[key]["trainable"]
+    # the cumulative change after 3 steps is the norm of the summed updates (triangle inequality bound)
+    last = next(r for r in layers if r["step"] == 3 and r["layer"] == 0)
+    total = sum(r["update_norm"] for r in layers if r["layer"] == 0)
+    assert 0 < last["weight_change_norm"] <= total + 1e-9
+    # the loss logged at step s is the loss before its update: step 1's equals the step-0 loss
+    assert steps[1]["loss"] == pytest.approx(steps[0]["loss"], rel=1e-6)

@@ -144,3 +144,20 @@ def test_tasks_registered():
                                  "probing.fact_injection"}
     for name in family.TASKS:
         assert get_task(name).name == name
+
+
+def test_report_hooks_resolve(planted_lm, tmp_path):
+    import importlib
+
+    import tasks.probing as family
+    from tasks.probing.report import report_noise
+    from tasks.probing.task import SubjectNoiseParams, subject_noise
+
+    for target in family.REPORTS.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
+    rows = pd.DataFrame(subject_noise(SubjectNoiseParams(model="planted", questions=["The cat is"], subjects=["cat"],
+                                                         noise_scales=[0.0, 4.0], samples=4), _ctx(planted_lm)))
+    table = report_noise(rows, tmp_path)[0]
+    assert list(table.scale) == [0.0, 4.0] and table.mean_p_original.iloc[1] < table.mean_p_original.iloc[0]
+
