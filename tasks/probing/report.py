@@ -33,7 +33,7 @@ def swap_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def injection_table(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("run_id", "model", "layer_set", "lr", "statement", "steps_to_learn", "steps_run",
+    cols = [c for c in ("run_id", "model", "layer_set", "lr", "statement_text", "steps_to_learn", "steps_run",
                         "p_answer_before", "p_answer_after", "general_loss_before", "general_loss_after",
                         "general_loss_delta") if c in df.columns]
     return _level(df, "final")[cols].reset_index(drop=True)

@@ -331,7 +331,7 @@ def fact_injection(params: FactInjectionParams, ctx: RunContext) -> list[dict]:
     learned = next((s["step"] for s in steps if s["answered"]), None)
     rows = [{"level": "step", "layer_set": layer_set, **s} for s in steps]
     rows += [{"level": "layer", "layer_set": layer_set, **r} for r in layer_rows]
-    rows.append({"level": "final", "layer_set": layer_set, "statement": statement, "steps_to_learn": learned,
+    rows.append({"level": "final", "layer_set": layer_set, "statement_text": statement, "steps_to_learn": learned,
                  "steps_run": steps[-1]["step"], "p_answer_before": steps[0]["p_answer"],
                  "p_answer_after": steps[-1]["p_answer"], "general_loss_before": before, "general_loss_after": after,
                  "general_loss_delta": after - before, "general_tokens": n_tokens})

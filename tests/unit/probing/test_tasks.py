@@ -161,3 +161,22 @@ def test_report_hooks_resolve(planted_lm, tmp_path):
     table = report_noise(rows, tmp_path)[0]
     assert list(table.scale) == [0.0, 4.0] and table.mean_p_original.iloc[1] < table.mean_p_original.iloc[0]
 
+
+
+def test_rows_never_reuse_parameter_or_orchestrator_names(planted_lm):
+    """Stored rows carry the run's params too: a row column may not shadow a parameter or a reserved name."""
+    from orchestrator.stages import RESERVED_COLUMNS
+    from tasks.probing import task as t
+
+    runs = [
+        (t.EmbeddingSwapParams(model="planted", questions=["The cat is"], mode="swap_noise"), t.embedding_swap),
+        (t.SubjectNoiseParams(model="planted", questions=["The cat is"], subjects=["cat"], samples=2), t.subject_noise),
+        (t.SaliencyParams(model="planted", questions=["The cat is"], n_steps=4,
+                          swap=t.SwapSpec(token_a="cat", token_b="dog")), t.saliency),
+        (t.FactInjectionParams(model="planted", question="The mouse is", answer="yellow", max_steps=2), t.fact_injection),
+    ]
+    for params, fn in runs:
+        rows = fn(params, _ctx(planted_lm))
+        columns = set().union(*(row.keys() for row in rows))
+        assert not columns & (set(type(params).model_fields) | set(RESERVED_COLUMNS)), fn.__name__
+        assert all(isinstance(v, (int, float, bool, str, type(None))) for row in rows for v in row.values())
