@@ -27,7 +27,7 @@ def _level(df: pd.DataFrame, level: str) -> pd.DataFrame:
 
 
 def swap_table(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("run_id", "model", "mode", "variant_set", "question", "touched_in_input", "answer_before",
+    cols = [c for c in ("run_id", "model", "mode", "output", "variant_set", "question", "touched_in_input", "answer_before",
                         "p_before", "answer_after", "p_after", "p_original_answer_after", "changed") if c in df.columns]
     return _level(df, "answer")[cols].reset_index(drop=True)
 
@@ -70,7 +70,7 @@ def plot_update_norms(df: pd.DataFrame, path: str | Path, value: str = "update_n
         grid = grid.loc[order]
         image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_yticks(range(len(order)), order)
-        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=6)
+        ax.set_xticks(range(grid.shape[1]), [str(int(c)) for c in grid.columns], fontsize=6)
         ax.set_xlabel("step")
         label = ""
         if "layer_set" in part.columns:
@@ -96,10 +96,14 @@ def report_swap(df: pd.DataFrame, out_dir: Path) -> list[object]:
 
 
 def report_injection(df: pd.DataFrame, out_dir: Path) -> list[object]:
-    """`orchestrator report` hook: per-layer update-norm heat maps and the final table of injections."""
+    """`orchestrator report` hook: per-layer heat maps of update norms and of gradient norms (Adam's first
+    steps have near-equal update norms in every trainable layer: the gradient map shows where it pushes),
+    and the final table of injections."""
     if _level(df, "layer").empty:
         return ["no fact_injection layer rows"]
-    return [plot_update_norms(df, Path(out_dir) / "fact_injection_update_norms.png"), injection_table(df)]
+    out = Path(out_dir)
+    return [plot_update_norms(df, out / "fact_injection_update_norms.png"),
+            plot_update_norms(df, out / "fact_injection_grad_norms.png", value="grad_norm"), injection_table(df)]
 
 
 def report_noise(df: pd.DataFrame, out_dir: Path) -> list[object]:
