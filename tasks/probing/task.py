@@ -3,7 +3,7 @@ injection. Adapters only; the maths is in `tasks.probing.compute`.
 
 The setup model is shared across runs and never left edited: embedding swaps / noise edit the input
 embedding matrix in place inside `compute.edited_embeddings`, which restores the saved tensor in
-`finally`; subject noise only adds a forward hook (removed in `finally`); fact injection trains a deep
+`finally` (with tied embeddings the output layer gets an unedited copy meanwhile, unless output="tied"); subject noise only adds a forward hook (removed in `finally`); fact injection trains a deep
 copy made by the editing family's `finetune.prepare_model`.
 Models load through the editing family (`tasks.editing.models.load_model`): its built-in
 `tiny-gpt2-facts` / `tiny-gpt2-corpus`, the common tiny models, local dirs and `.gguf` files.
@@ -234,7 +234,9 @@ def subject_noise(params: SubjectNoiseParams, ctx: RunContext) -> list[dict]:
 class SaliencyParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     questions: list[str] = Field(default_factory=lambda: DEFAULT_QUESTIONS[:3])
-    answers: list[str] | None = None  # first answer token per question (text); None: the greedy answer
+    # per question, the answer text whose FIRST token is the target (give the leading space: " Paris");
+    # None: the model's greedy next token
+    answers: list[str] | None = None
     methods: list[Literal["gradient_x_input", "integrated_gradients", "norm", "input_x_gradient",
                           "gradient_shap"]] = Field(default_factory=lambda: ["gradient_x_input", "integrated_gradients"])
     baselines: list[Literal["bos", "eos", "zero", "unk"]] = Field(default_factory=lambda: ["bos", "eos", "zero"])  # integrated_gradients only
