@@ -1,0 +1,172 @@
+"""Backpack model and sense fine-tuning: logits recomputed independently; a planted fact learned by sense
+offsets alone, every other parameter bit-identical."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.editing.backpack import build_tiny_backpack, load_backpack, save_backpack
+from tasks.editing.data import EditingData, Example
+
+NAMES = [f"n{i}" for i in range(24)]
+CITIES = [f"c{i}" for i in range(6)]
+FILLER = ["the", "a", "and", "of", "to", "was", "on", "at", "by", "so", "we", "know"]
+EDITED = "n0"  # the planted fact edited: n0 lives in FACTS[n0] -> NEW_CITY
+
+
+def _word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(["<|endoftext|>", "[UNK]", *words]))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="[UNK]")
+
+
+def _sentences(rng, facts, n):
+    out = []
+    for _ in range(n):
+        name, city = rng.choice(facts)
+        prefix = " ".join(rng.choice(FILLER) for _ in range(rng.randint(0, 4)))
+        out.append(f"{prefix} . {name} lives in {city} ." if prefix else f"{name} lives in {city} .")
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(_one_torch_thread):
+    """A tiny Backpack (d 32, 2 layers, 4 senses) trained on "<name> lives in <city> ." with filler
+    prefixes (400 steps, ~5 s; >= 90% of the facts learned)."""
+    rng = random.Random(0)
+    tokenizer = _word_tokenizer(NAMES + CITIES + FILLER + [".", "lives", "in"])
+    facts = [(name, rng.choice(CITIES)) for name in NAMES]
+    texts = _sentences(rng, facts, 400)
+    model = build_tiny_backpack(len(tokenizer), bos_token_id=0, eos_token_id=0, seed=0)
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / 400)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for step in range(400):
+            batch = random.Random(step).sample(ids, 16)
+            width = max(map(len, batch))
+            x = torch.tensor([s + [0] * (width - len(s)) for s in batch])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+            logits = model(input_ids=x).logits[:, :-1]
+            loss = (torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+                    * mask[:, 1:]).sum() / mask[:, 1:].sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    general = _sentences(random.Random(1), facts, 40)
+    return model, tokenizer, general, dict(facts)
+
+
+def test_logits_equal_independent_recomputation(world):
+    model, tokenizer, *_ = world
+    ids = torch.tensor([tokenizer("the n3 lives in c1 . n0 lives")["input_ids"]])
+    with torch.no_grad():
+        out = model(input_ids=ids)
+        # independent recomputation: senses and weights from the sub-networks, the sum written as loops
+        senses = model.backpack.sense_network(model.backpack.word_embeddings(ids))[0].double()  # (k, s, d)
+        hidden = model.backpack.gpt2_model(input_ids=ids).last_hidden_state[0].double()  # (s, d)
+        w = model.backpack.sense_weight_net.c_attn.weight.double()
+        b = model.backpack.sense_weight_net.c_attn.bias.double()
+        k, s, d = senses.shape
+        qk = (hidden @ w.T + b).reshape(s, 2, k, d // k)
+        embedding = model.backpack.word_embeddings.weight.double()
+    q, kk = qk[:, 0].numpy(), qk[:, 1].numpy()
+    expected = np.zeros((s, embedding.shape[0]))
+    for t in range(s):
+        o = np.zeros(d)
+        for sense in range(k):
+            scores = np.array([q[t, sense] @ kk[j, sense] / np.sqrt(d // k) for j in range(t + 1)])
+            alpha = np.exp(scores - scores.max())
+            alpha /= alpha.sum()
+            assert np.allclose(alpha, out.contextualization[0, sense, t, : t + 1].numpy(), atol=1e-5)
+            for j in range(t + 1):
+                o += alpha[j] * senses[sense, j].numpy()
+        expected[t] = embedding.numpy() @ o
+    assert np.allclose(out.logits[0].numpy(), expected, atol=1e-4)
+    assert torch.all(out.contextualization[0].triu(1) < 1e-4)  # causal
+
+
+def test_save_and_load_roundtrip(world, tmp_path):
+    model, tokenizer, *_ = world
+    save_backpack(model, tmp_path, tokenizer)
+    loaded, tok = load_backpack(str(tmp_path))
+    ids = torch.tensor([tokenizer("n1 lives in")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert loaded.lm_head.weight is loaded.backpack.word_embeddings.weight
+
+
+def test_sense_offsets_select_and_add_exactly(world):
+    from tasks.editing.senses import SenseOffsets
+
+    model, tokenizer, *_ = world
+    k, d = model.config.num_senses, model.config.n_embd
+    zed = tokenizer.convert_tokens_to_ids("n0")
+    offsets = SenseOffsets([(zed, 1)], model.config.vocab_size, k, d)
+    with torch.no_grad():
+        offsets.offsets.fill_(0.5)
+        ids = torch.tensor([tokenizer("the n0 of n0")["input_ids"]])
+        senses = torch.randn(1, k, ids.shape[1], d)
+        changed = offsets(ids, senses) - senses
+    expected = torch.zeros_like(changed)
+    expected[0, 1, 1] = 0.5
+    expected[0, 1, 3] = 0.5
+    assert torch.allclose(changed, expected, atol=1e-6)
+
+
+def _dataset(facts, prefixes):
+    """Canonical example "n0 lives in" -> a city n0 does not live in; eval: held-out phrasings (filler
+    prefixes); hard negatives: other names' true cities."""
+    new_city = next(c for c in CITIES if c != facts[EDITED])
+    train = [Example(f"{EDITED} lives in", (f" {new_city}",))]
+    held_out = [Example(f"{p} . {EDITED} lives in", (f" {new_city}",)) for p in prefixes]
+    hard = [Example(f"{name} lives in", (f" {facts[name]}",)) for name in NAMES[1:9]]
+    return EditingData("planted", "val", "good", 1.6094379124341003, False, train, held_out, hard,
+                       [f"{EDITED} lives in {new_city} ."])
+
+
+def test_sense_finetuning_learns_planted_fact_only_offsets_change(world):
+    from tasks.editing import compute, evaluation, senses
+    from tasks.editing import finetune as ft
+
+    model, tokenizer, general, facts = world
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _dataset(facts, ["the", "we know", "so", "a", "and of", "at the"])
+    chunks = compute.encode_texts(tokenizer, general, 64)
+    background = senses.background_scores(model, chunks, "cpu")
+    pairs = senses.select_senses(model, tokenizer, data.train, "good", background, k=5, lam=10.0,
+                                 max_length=64, device="cpu")
+    assert 1 <= len(pairs) <= 5
+    trained = senses.prepare_sense_model(model, pairs)
+    assert ft.trainable_parameter_count(trained) == len(pairs) * model.config.n_embd
+    sets = evaluation.build_eval_sets(tokenizer, data, general, 64)
+    before = evaluation.evaluate(model, tokenizer, sets, "cpu")
+    config = ft.TrainConfig(loss_type="good", lr=2.0, epochs=10, grad_acc_steps=1, kl_weight=0.01, max_length=64)
+    ft.train(trained, tokenizer, data.train * 10, config, "cpu", reference=model, kl_chunks=chunks)
+    after = evaluation.evaluate(trained, tokenizer, sets, "cpu")
+    assert before.success.mean() == 0.0
+    assert after.success.mean() >= 5 / 6, after.eval_nll
+    # a Backpack edit of n0's senses cannot touch text without n0: the hard negatives are unchanged
+    assert np.allclose(after.hard_negative_nll, before.hard_negative_nll, atol=1e-5)
+    assert after.general_loss / before.general_loss - 1 < 0.01
+    # only the selected offsets changed: every other parameter (and buffer) is bit-identical
+    for name, value in trained.state_dict().items():
+        if name.startswith("sense_offsets"):
+            continue
+        assert torch.equal(value, before_state[name]), name
+    for name, value in model.state_dict().items():  # and the unedited model is untouched
+        assert torch.equal(value, before_state[name]), name
+    assert trained.sense_offsets.offsets.abs().sum() > 0
