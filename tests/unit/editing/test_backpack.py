@@ -138,7 +138,8 @@ def _dataset(facts, prefixes):
                        [f"{EDITED} lives in {new_city} ."])
 
 
-def test_sense_finetuning_learns_planted_fact_only_offsets_change(world):
+@pytest.fixture(scope="module")
+def sense_edit(world):
     from tasks.editing import compute, evaluation, senses
     from tasks.editing import finetune as ft
 
@@ -149,14 +150,22 @@ def test_sense_finetuning_learns_planted_fact_only_offsets_change(world):
     background = senses.background_scores(model, chunks, "cpu")
     pairs = senses.select_senses(model, tokenizer, data.train, "good", background, k=5, lam=10.0,
                                  max_length=64, device="cpu")
-    assert 1 <= len(pairs) <= 5
     trained = senses.prepare_sense_model(model, pairs)
-    assert ft.trainable_parameter_count(trained) == len(pairs) * model.config.n_embd
     sets = evaluation.build_eval_sets(tokenizer, data, general, 64)
     before = evaluation.evaluate(model, tokenizer, sets, "cpu")
     config = ft.TrainConfig(loss_type="good", lr=2.0, epochs=10, grad_acc_steps=1, kl_weight=0.01, max_length=64)
     ft.train(trained, tokenizer, data.train * 10, config, "cpu", reference=model, kl_chunks=chunks)
     after = evaluation.evaluate(trained, tokenizer, sets, "cpu")
+    return trained, pairs, before, after, before_state, data, sets
+
+
+def test_sense_finetuning_learns_planted_fact_only_offsets_change(world, sense_edit):
+    from tasks.editing import finetune as ft
+
+    model = world[0]
+    trained, pairs, before, after, before_state, _, _ = sense_edit
+    assert 1 <= len(pairs) <= 5
+    assert ft.trainable_parameter_count(trained) == len(pairs) * model.config.n_embd
     assert before.success.mean() == 0.0
     assert after.success.mean() >= 5 / 6, after.eval_nll
     # a Backpack edit of n0's senses cannot touch text without n0: the hard negatives are unchanged
@@ -170,3 +179,60 @@ def test_sense_finetuning_learns_planted_fact_only_offsets_change(world):
     for name, value in model.state_dict().items():  # and the unedited model is untouched
         assert torch.equal(value, before_state[name]), name
     assert trained.sense_offsets.offsets.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def large_lm(world):
+    """A "larger" LM sharing the Backpack's tokenizer: a tiny GPT-2 (d 48, 2 layers) trained on the same
+    world for 150 steps."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer, _, facts = world
+    texts = _sentences(random.Random(2), list(facts.items()), 400)
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=48, n_head=2, n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config).eval()
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for step in range(150):
+            batch = random.Random(step).sample(ids, 16)
+            width = max(map(len, batch))
+            x = torch.tensor([s + [0] * (width - len(s)) for s in batch])
+            labels = torch.tensor([s + [-100] * (width - len(s)) for s in batch])
+            loss = model(input_ids=x, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_edit, large_lm):
+    from tasks.editing import compute, evaluation
+    from tasks.editing.ensemble import EnsembleLM, search_beta
+
+    _, tokenizer, general, _ = world
+    trained, _, _, _, _, data, sets = sense_edit
+    chunks = compute.encode_texts(tokenizer, general, 64)
+    large_alone = evaluation.evaluate(large_lm, tokenizer, sets, "cpu")
+    results = {}
+    for league in (1e-2, 1e-3, 1e-5):
+        found = search_beta(large_lm, trained, chunks, league, "cpu")
+        # measured: the ensemble's general loss at the chosen beta is inside the ball
+        measured, _ = compute.text_loss(EnsembleLM(large_lm, trained, found.beta), chunks, "cpu")
+        assert measured == pytest.approx(found.general_loss)
+        assert measured < found.general_loss_large * (1 + league) or found.beta == 0.0
+        # every larger beta tried was outside the ball, and the search stops at the first inside it
+        assert all(loss >= found.general_loss_large * (1 + league) for beta, loss in found.tried if beta > found.beta)
+        results[league] = found
+        print("league", league, "beta", found.beta, "G", found.general_loss, "G0", found.general_loss_large)
+    assert results[1e-2].beta >= results[1e-3].beta >= results[1e-5].beta  # tighter league, smaller beta
+    assert results[1e-2].beta > 0
+    ens = evaluation.evaluate(EnsembleLM(large_lm, trained, results[1e-2].beta), tokenizer, sets, "cpu")
+    # the edit carries over: the new city's NLL drops on every held-out phrasing
+    assert (ens.eval_nll < large_alone.eval_nll).all()
+    with torch.no_grad():  # beta 0 is the larger model exactly
+        ids = torch.tensor([tokenizer("n3 lives in")["input_ids"]])
+        assert torch.equal(EnsembleLM(large_lm, trained, 0.0)(ids).logits, large_lm(input_ids=ids).logits)
