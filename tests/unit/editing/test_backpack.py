@@ -236,3 +236,86 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
     with torch.no_grad():  # beta 0 is the larger model exactly
         ids = torch.tensor([tokenizer("n3 lives in")["input_ids"]])
         assert torch.equal(EnsembleLM(large_lm, trained, 0.0)(ids).logits, large_lm(input_ids=ids).logits)
+
+
+@pytest.fixture(scope="module")
+def world_data(world, tmp_path_factory):
+    """The world as a canonical-examples dataset on disk ("country" layout): train "n0 lives in" ->
+    new city, eval held-out phrasings, hard negatives other names; general text a jsonl."""
+    import json
+
+    _, _, general, facts = world
+    data = _dataset(facts, ["the", "we know", "so", "a", "and of", "at the"])
+    root = tmp_path_factory.mktemp("world_data")
+    folder = root / "country_capital"
+    folder.mkdir()
+
+    def write(name, records):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    for split in ("val", "test"):
+        write(f"country_capital_fixed-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.train] * 10)
+        write(f"country_capital_clear_eval-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.eval])
+        write(f"country_capital_unconditional-{split}.jsonl", [{"text": t} for t in data.targeted])
+        write(f"country_capital_hard_neg-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.hard_negative])
+    general_path = root / "general.jsonl"
+    general_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in general * 2))
+    return root, general_path
+
+
+def test_finetune_senses_then_ensemble_tasks(world, large_lm, world_data, tmp_path):
+    from orchestrator.context import local_context
+    from tasks.editing import task as tasks
+
+    model, tokenizer, _, _ = world
+    root, general_path = world_data
+    common = dict(dataset="country", split="val", data_dir=str(root), general_text=str(general_path),
+                  general_docs=40, kl_docs=40, max_length=64)
+    ctx = local_context(seed=0, root=tmp_path)
+    ctx.setup = (model, tokenizer)
+    params = tasks.FinetuneParams(model="world", method="senses", lr=2.0, epochs=10, grad_acc_steps=1,
+                                  kl_weight=0.01, senses_per_example=5, sense_lambda=10.0, league=1e-2,
+                                  **common)
+    rows = tasks.finetune(params.model_copy(update={}), ctx)
+    agg = rows[-1]
+    assert agg["level"] == "aggregate" and agg["n_senses_selected"] >= 1
+    assert agg["trainable_params"] == agg["n_senses_selected"] * model.config.n_embd
+    assert agg["success"] > agg["success_before"] == 0.0
+    assert agg["degradation_general"] < 1e-2
+    offsets_file = ctx.artifact_dir / tasks.OFFSETS_FILE
+    pairs, offsets = tasks.load_offsets(offsets_file)
+    assert len(pairs) == agg["n_senses_selected"] and offsets.shape == (len(pairs), model.config.n_embd)
+
+    tasks._LARGE[("world-large", "cpu")] = large_lm
+    ectx = local_context(seed=0, root=tmp_path / "ens")
+    ectx.setup = (model, tokenizer)
+    eparams = tasks.EnsembleParams(model="world", large_model="world-large", league=1e-2,
+                                   offsets_path=str(offsets_file), **common)
+    erows = tasks.ensemble(eparams, ectx)
+    eagg = erows[-1]
+    assert eagg["method"] == "ensemble" and 0 <= eagg["beta"] <= 1
+    assert eagg["degradation_general"] < 1e-2  # inside the league, measured on the task's general text
+    if eagg["beta"] > 0:
+        assert eagg["success"] >= eagg["success_before"]
+    assert not {k for r in erows for k in r} & set(tasks.EnsembleParams.model_fields)
+
+
+def test_memit_task_edits_and_restores(world, large_lm, world_data, tmp_path):
+    from orchestrator.context import local_context
+    from tasks.editing import task as tasks
+
+    _, tokenizer, _, _ = world
+    root, general_path = world_data
+    before = {k: v.clone() for k, v in large_lm.state_dict().items()}
+    ctx = local_context(seed=0, root=tmp_path)
+    ctx.setup = (large_lm, tokenizer)
+    params = tasks.MemitParams(model="world-large", dataset="country", data_dir=str(root),
+                               general_text=str(general_path), layers=[0, 1], mom2_update_weight=10.0,
+                               clamp_norm_factor=4.0, context_templates=["{}", "the . {}"], max_length=64,
+                               league=1e-2)
+    rows = tasks.memit_edit(params, ctx)
+    agg = rows[-1]
+    assert agg["method"] == "memit" and agg["n_requests"] == 10 and agg["edit_layers"] == "0,1"
+    assert agg["success"] >= agg["success_before"] and agg["update_norm"] > 0
+    assert agg["in_league"] in (0.0, 1.0)
+    assert all(torch.equal(v, before[k]) for k, v in large_lm.state_dict().items())
