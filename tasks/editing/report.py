@@ -215,7 +215,8 @@ def report_finetune(df: pd.DataFrame, out_dir: Path) -> list[object]:
     items: list[object] = [selection_table(df, balls=(1e-3, 1e-2, 5e-2))]
     agg = _level(df, "aggregate")
     if {"league", "dataset", "success_before"} <= set(agg.columns) and agg["league"].notna().any():
-        items.append(league_table(transfer_summary(agg[agg["league"].notna()])))  # the paper's table layout
+        table = league_table(transfer_summary(agg[agg["league"].notna()]))  # the paper's table layout
+        items.append(table.rename_axis("task").reset_index())
     return items
 
 
@@ -245,7 +246,7 @@ PAPER_TASK_ORDER = ("country", "company", "stereoset", "verb", "gender", "tempor
 
 
 def league_table(summary: pd.DataFrame, methods: tuple[str, ...] | None = None,
-                 leagues: tuple[float, ...] = LEAGUES) -> pd.DataFrame:
+                 leagues: tuple[float, ...] | None = None) -> pd.DataFrame:
     """The paper's test table (Tables 3 and 4): rows = tasks then "average", columns "initial" then
     (league, method) = change in success rate in points on test.
 
@@ -254,10 +255,13 @@ def league_table(summary: pd.DataFrame, methods: tuple[str, ...] | None = None,
     original's improvement = mean success - mean initial success, equal by linearity); "initial" is
     100 x the mean of success_before over every row of the task (the GPT-J table averages the initial
     scores of all its full, LoRA and ensemble runs; they differ slightly between runs); "average" is
-    the unrounded mean over tasks. Values are not rounded (see `format_league_table`).
+    the unrounded mean over tasks. Values are not rounded (see `format_league_table`). `leagues`
+    defaults to those in the rows, widest first (the paper's 1e-3, 1e-4, 1e-5).
     """
     df = summary.copy()
     df["league"] = df["league"].astype(float)
+    if leagues is None:
+        leagues = tuple(sorted(set(df["league"]), reverse=True))
     df["gain"] = 100 * (df["success"].astype(float) - df["success_before"].astype(float))
     methods = methods or tuple(dict.fromkeys(df["method"]))
     tasks = [t for t in PAPER_TASK_ORDER if t in set(df["task"])] + sorted(set(df["task"]) - set(PAPER_TASK_ORDER))

@@ -114,7 +114,9 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     Without `league` the model after the last epoch is evaluated (epochs is a hyperparameter); with
     `league` eps every epoch is evaluated and the last epoch with general loss < G_0 (1 + eps) is
     reported, as the original's score_of_last_valid_epoch. Methods, training and quirks: finetune.py;
-    metrics: evaluation.py.
+    metrics: evaluation.py. Method "senses" (Backpack models): sense selection on the canonical
+    examples against the KL texts as background, then trainable offsets only (senses.py); the offsets
+    of the reported epoch are saved as sense_offsets.safetensors for editing.ensemble.
     """
     from tasks.editing import _arch, compute, data, evaluation
     from tasks.editing import finetune as ft
@@ -134,6 +136,8 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     if params.method == "senses":
         from tasks.editing import senses
 
+        if not hasattr(base, "sense_vectors"):
+            raise ValueError(f"method senses needs a Backpack model (e.g. tiny-backpack, stanfordnlp/backpack-gpt2), got model={params.model!r}")
         background = senses.background_scores(base, compute.encode_texts(tokenizer, kl_texts, max_length), device)
         pairs = senses.select_senses(
             base, tokenizer, dataset.train[: params.max_train], dataset.loss_type, background,
