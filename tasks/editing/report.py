@@ -138,7 +138,7 @@ def average_trace(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- fine-tuning
 
 
-GROUP_KEYS = ("model", "dataset", "method", "league")
+GROUP_KEYS = ("model", "dataset", "method", "subject_type", "league")  # subject_type: editing.memit
 SELECTION_COLUMNS = ("success", "success_before", "success_gain", "success_hard_neg", "degradation_general",
                      "degradation_target", "hard_negative_delta")
 
@@ -306,5 +306,7 @@ def transfer_summary(df: pd.DataFrame) -> pd.DataFrame:
     long format of `league_table` (task = dataset; one row per replicate)."""
     agg = _level(df, "aggregate")
     method = agg["method"] if "method" in agg.columns else pd.Series("memit", index=agg.index)
+    if "subject_type" in agg.columns:  # MEMIT's request forms are separate columns (paper Table 2)
+        method = method + agg["subject_type"].map(lambda t: "" if pd.isna(t) else f" ({t} subject)")
     return pd.DataFrame({"task": agg["dataset"], "method": method, "league": agg["league"].astype(float),
                          "success": agg["success"], "success_before": agg["success_before"]})
