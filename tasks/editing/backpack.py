@@ -199,6 +199,9 @@ class BackpackLM(nn.Module):
         hidden = torch.sum(alpha @ senses, dim=1)  # (b, k, s, s) @ (b, k, s, d) -> (b, s, d)
         return self.lm_head(hidden)
 
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):  # peft's CAUSAL_LM wrapper asks for it
+        return {"input_ids": input_ids}
+
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_unused) -> BackpackOutput:
         alpha = self.contextualization(input_ids, position_ids)
         senses = self.sense_vectors(input_ids)

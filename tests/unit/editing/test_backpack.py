@@ -319,3 +319,35 @@ def test_memit_task_edits_and_restores(world, large_lm, world_data, tmp_path):
     assert agg["success"] >= agg["success_before"] and agg["update_norm"] > 0
     assert agg["in_league"] in (0.0, 1.0)
     assert all(torch.equal(v, before[k]) for k, v in large_lm.state_dict().items())
+
+
+def test_full_and_lora_on_the_backpack_target_the_contextualisation_network(world):
+    # the original's LoRA targets backpack.gpt2_model.h.*.mlp.c_fc|c_proj; arch lookups see that GPT-2
+    from tasks.editing import finetune as ft
+
+    model, tokenizer, *_ = world
+    ids = torch.tensor([tokenizer("n1 lives in")["input_ids"]])
+    lora = ft.prepare_model(model, "lora", lora_rank=2, lora_layer_fraction=0.5)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("gpt2_model.h." in n and ".mlp." in n and "lora_" in n for n in names)
+    with torch.no_grad():  # LoRA B starts at zero: same logits
+        assert torch.allclose(lora(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+    full = ft.prepare_model(model, "full")
+    assert ft.trainable_parameter_count(full) == sum(p.numel() for p in model.parameters())
+
+
+def test_memit_task_on_the_backpack(world, world_data, tmp_path):
+    # as the original's backpack hparams: the edit goes into the contextualisation GPT-2's MLPs
+    from orchestrator.context import local_context
+    from tasks.editing import task as tasks
+
+    model, tokenizer, *_ = world
+    root, general_path = world_data
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = local_context(seed=0, root=tmp_path)
+    ctx.setup = (model, tokenizer)
+    rows = tasks.memit_edit(tasks.MemitParams(
+        model="world", dataset="country", data_dir=str(root), general_text=str(general_path), layers=[0],
+        mom2_update_weight=10.0, context_templates=["{}"], max_length=64, v_num_grad_steps=5), ctx)
+    assert rows[-1]["update_norm"] > 0 and rows[-1]["edit_layers"] == "0"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
