@@ -78,6 +78,7 @@ class FinetuneParams(TaskParams):
     senses_per_example: int = Field(8, ge=1)  # k of the sense selection (original sweeps: U{5..11})
     sense_lambda: float = Field(1000.0, ge=0)  # lambda of S = A - lambda B (country: 10^U(2, 3.5))
     league: float | None = Field(None, gt=0)  # evaluate every epoch, report the last epoch inside the ball
+    leagues: list[float] | None = None  # also report rows (level "league") for each of these balls, one run
     general_text: str = "builtin"  # builtin | val100 | path to a jsonl with `text`
     general_docs: int = Field(100, ge=1)  # texts of general_text for degradation G
     kl_docs: int = Field(100, ge=1)  # the next texts, for the KL regulariser R
@@ -161,7 +162,7 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
         def per_epoch(m, epoch):
             if n_senses is not None:
                 snapshots.append(m.sense_offsets.offsets.detach().cpu().clone())
-            return evaluation.evaluate(m, tokenizer, sets, device) if params.league else None
+            return evaluation.evaluate(m, tokenizer, sets, device) if params.league or params.leagues else None
 
         history = ft.train(
             model, tokenizer, dataset.train[: params.max_train], config, device,
@@ -180,6 +181,7 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     finally:
         del model
     rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
+    league_rows = _league_rows(before, history.evaluations, params.leagues) if params.leagues else []
     rows[-1].update(
         epoch_selected=epoch,
         train_loss_initial=history.train_loss[0],
@@ -189,7 +191,29 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
         n_train=len(dataset.train[: params.max_train]),
         n_senses_selected=n_senses,
     )
-    return uniform_rows(rows)
+    return uniform_rows(rows + league_rows)
+
+
+def _league_rows(before, evaluations: list, leagues: list[float]) -> list[dict[str, Any]]:
+    """One row per degradation bound eps (level "league"): the metrics at the last epoch inside
+    G < G_0 (1 + eps), read off the same run, as the original's results file records every league.
+    Columns are prefixed `league_` so that the aggregate row's metrics (what tune selects on) are not
+    averaged with them."""
+    from tasks.editing import evaluation
+
+    losses = [r.general_loss for r in evaluations]
+    out = []
+    for eps in leagues:
+        epoch = evaluation.select_league_epoch(losses, eps)
+        at = evaluations[epoch]
+        out.append({
+            "level": "league", "league_bound": eps, "league_epoch": epoch,
+            "league_success": float(at.success.mean()) if len(at.success) else None,
+            "league_success_before": float(before.success.mean()) if len(before.success) else None,
+            "league_hard_negative_nll": float(at.hard_negative_nll.mean()) if len(at.hard_negative_nll) else None,
+            "league_degradation_general": at.general_loss / before.general_loss - 1,
+        })
+    return out
 
 
 OFFSETS_FILE = "sense_offsets.safetensors"

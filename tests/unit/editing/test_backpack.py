@@ -275,9 +275,14 @@ def test_finetune_senses_then_ensemble_tasks(world, large_lm, world_data, tmp_pa
     ctx.setup = (model, tokenizer)
     params = tasks.FinetuneParams(model="world", method="senses", lr=2.0, epochs=10, grad_acc_steps=1,
                                   kl_weight=0.01, senses_per_example=5, sense_lambda=10.0, league=1e-2,
-                                  **common)
-    rows = tasks.finetune(params.model_copy(update={}), ctx)
-    agg = rows[-1]
+                                  leagues=[1e-2, 1e-3, 1e-5], **common)
+    rows = tasks.finetune(params, ctx)
+    agg = next(r for r in rows if r["level"] == "aggregate")
+    leagues = {r["league_bound"]: r for r in rows if r["level"] == "league"}
+    assert list(leagues) == [1e-2, 1e-3, 1e-5]
+    assert leagues[1e-2]["league_success"] == agg["success"] and leagues[1e-2]["league_epoch"] == agg["epoch_selected"]
+    assert leagues[1e-2]["league_epoch"] >= leagues[1e-3]["league_epoch"] >= leagues[1e-5]["league_epoch"]
+    assert all(r["league_degradation_general"] < eps for eps, r in leagues.items())
     assert agg["level"] == "aggregate" and agg["n_senses_selected"] >= 1
     assert agg["trainable_params"] == agg["n_senses_selected"] * model.config.n_embd
     assert agg["success"] > agg["success_before"] == 0.0
