@@ -10,6 +10,10 @@
   (dataset, method, league) by success among trials inside the degradation bound, for a test (transfer)
   stage the mean and standard error over seeds of the selected configs, with success gains in points.
 - `rome_table(df)`: rows of `editing.rome`; efficacy, paraphrase and neighbourhood scores per (model, layer).
+- `league_table(summary)`: the paper's test tables (3, 4): initial success, then per league each method's
+  change in success (points); `transfer_summary(df)` builds its input from test rows of editing.finetune /
+  editing.ensemble / editing.memit, `original_gptj_summary(dir)` from the original's GPT-J summary files
+  (the golden test).
 """
 
 from __future__ import annotations
