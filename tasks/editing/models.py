@@ -7,6 +7,12 @@ ROME and causal tracing need a model that knows facts; offline there is none. Th
   prompts with their true objects), so it completes the built-in facts (all 32 prompts, greedy);
 - `tiny-gpt2-corpus` (and `tiny-llama-corpus`): the same recipe without the fact statements, a weak LM
   that does not know the built-in facts: the offline model to teach them with canonical examples.
+- `tiny-backpack`: a tiny Backpack (tasks.editing.backpack; 4 layers, d 64, 4 senses) with the same
+  tokenizer, trained on the common corpus only (like tiny-gpt2-corpus): the offline model for sense
+  fine-tuning; it shares its tokenizer with tiny-gpt2-corpus / tiny-gpt2-facts, so those can play the
+  larger model of the ensemble.
+Backpack checkpoints (`stanfordnlp/backpack-gpt2`, or a local directory whose config has num_senses)
+load through backpack.load_backpack.
 Built on first use (seeded, ~10-30 s on one CPU core) and cached next to the common tiny models;
 concurrent builders each write a temporary directory and rename it into place. Any other name goes to
 `tasks.common.models.load_causal_lm` (built-in tiny names, local dirs, hub ids).
@@ -28,6 +34,7 @@ RECIPES: dict[str, tuple[str, int, float, bool]] = {
     "tiny-llama-facts": ("llama", 600, 3e-3, True),
     "tiny-gpt2-corpus": ("gpt2", 600, 3e-3, False),
     "tiny-llama-corpus": ("llama", 600, 3e-3, False),
+    "tiny-backpack": ("backpack", 600, 3e-3, False),
 }
 LAYERS = 4
 
@@ -70,9 +77,17 @@ def build_facts_model(
 
     facts = fact_lines()
     corpus = corpus_lines()
-    layers = {"n_layer": LAYERS} if arch == "gpt2" else {"num_hidden_layers": LAYERS}
-    build_tiny_causal_lm(path, arch=arch, corpus=corpus + facts, seed=seed, **layers)
+    backpack = arch == "backpack"
+    layers = {"n_layer": LAYERS} if arch in ("gpt2", "backpack") else {"num_hidden_layers": LAYERS}
+    build_tiny_causal_lm(path, arch="gpt2" if backpack else arch, corpus=corpus + facts, seed=seed, **layers)
     model, tokenizer = load_causal_lm(path)
+    if backpack:  # same tokenizer and size, Backpack architecture
+        from tasks.editing.backpack import build_tiny_backpack
+
+        cfg = model.config
+        model = build_tiny_backpack(cfg.vocab_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                    num_senses=4, n_positions=cfg.n_positions, seed=seed,
+                                    bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)
     lines = corpus + facts * 4 if with_facts else corpus  # facts oversampled so that every one is learned
     encoded = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
     rng = random.Random(seed)
@@ -90,7 +105,8 @@ def build_facts_model(
                 ids = torch.tensor([s + [0] * (width - len(s)) for s in batch])
                 labels = torch.tensor([s + [-100] * (width - len(s)) for s in batch])
                 mask = (labels != -100).long()
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -99,6 +115,13 @@ def build_facts_model(
         torch.set_num_threads(threads)
     model.zero_grad(set_to_none=True)
     path = Path(path)
+    if backpack:
+        from tasks.editing.backpack import save_backpack
+
+        for stale in path.glob("*.safetensors"):
+            stale.unlink()
+        save_backpack(model, path, tokenizer)
+        return path
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -107,5 +130,9 @@ def build_facts_model(
 def load_model(name: str, device: str = "cpu"):
     """(model, tokenizer) for a family built-in or any name `load_causal_lm` accepts; eval mode."""
     from tasks.common.models import load_causal_lm
+    from tasks.editing import backpack
 
-    return load_causal_lm(model_path(name), device=device)
+    path = model_path(name)
+    if path in backpack.HUB_NAMES or backpack.is_backpack_dir(path):
+        return backpack.load_backpack(path, device=device)
+    return load_causal_lm(path, device=device)

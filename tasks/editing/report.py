@@ -10,6 +10,10 @@
   (dataset, method, league) by success among trials inside the degradation bound, for a test (transfer)
   stage the mean and standard error over seeds of the selected configs, with success gains in points.
 - `rome_table(df)`: rows of `editing.rome`; efficacy, paraphrase and neighbourhood scores per (model, layer).
+- `league_table(summary)`: the paper's test tables (3, 4): initial success, then per league each method's
+  change in success (points); `transfer_summary(df)` builds its input from test rows of editing.finetune /
+  editing.ensemble / editing.memit, `original_gptj_summary(dir)` from the original's GPT-J summary files
+  (the golden test).
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ def average_trace(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- fine-tuning
 
 
-GROUP_KEYS = ("model", "dataset", "method", "league")
+GROUP_KEYS = ("model", "dataset", "method", "subject_type", "league")  # subject_type: editing.memit
 SELECTION_COLUMNS = ("success", "success_before", "success_gain", "success_hard_neg", "degradation_general",
                      "degradation_target", "hard_negative_delta")
 
@@ -212,7 +216,12 @@ def rome_table(df: pd.DataFrame) -> pd.DataFrame:
 def report_finetune(df: pd.DataFrame, out_dir: Path) -> list[object]:
     """`orchestrator report` hook: the selection (val: best overall and inside each ball) or transfer
     (test: mean over seeds) table. The stage's own selection, with its constraints, is in best.parquet."""
-    return [selection_table(df, balls=(1e-3, 1e-2, 5e-2))]
+    items: list[object] = [selection_table(df, balls=(1e-3, 1e-2, 5e-2))]
+    agg = _level(df, "aggregate")
+    if {"league", "dataset", "success_before"} <= set(agg.columns) and agg["league"].notna().any():
+        table = league_table(transfer_summary(agg[agg["league"].notna()]))  # the paper's table layout
+        items.append(table.rename_axis("task").reset_index())
+    return items
 
 
 def report_trace(df: pd.DataFrame, out_dir: Path) -> list[object]:
@@ -231,3 +240,77 @@ def report_trace(df: pd.DataFrame, out_dir: Path) -> list[object]:
 def report_rome(df: pd.DataFrame, out_dir: Path) -> list[object]:
     """`orchestrator report` hook: ROME scores per model and layer."""
     return [rome_table(df)]
+
+
+# ---------------------------------------------------------------------------------------------- leagues
+
+
+LEAGUES = (1e-3, 1e-4, 1e-5)
+PAPER_TASK_ORDER = ("country", "company", "stereoset", "verb", "gender", "temporal")
+
+
+def league_table(summary: pd.DataFrame, methods: tuple[str, ...] | None = None,
+                 leagues: tuple[float, ...] | None = None) -> pd.DataFrame:
+    """The paper's test table (Tables 3 and 4): rows = tasks then "average", columns "initial" then
+    (league, method) = change in success rate in points on test.
+
+    `summary` is long: one row per (task, method, league[, replicate]) with `success` and
+    `success_before` (fractions). A cell is 100 x mean(success - success_before) over its rows (the
+    original's improvement = mean success - mean initial success, equal by linearity); "initial" is
+    100 x the mean of success_before over every row of the task (the GPT-J table averages the initial
+    scores of all its full, LoRA and ensemble runs; they differ slightly between runs); "average" is
+    the unrounded mean over tasks. Values are not rounded (see `format_league_table`). `leagues`
+    defaults to those in the rows, widest first (the paper's 1e-3, 1e-4, 1e-5).
+    """
+    df = summary.copy()
+    df["league"] = df["league"].astype(float)
+    if leagues is None:
+        leagues = tuple(sorted(set(df["league"]), reverse=True))
+    df["gain"] = 100 * (df["success"].astype(float) - df["success_before"].astype(float))
+    methods = methods or tuple(dict.fromkeys(df["method"]))
+    tasks = [t for t in PAPER_TASK_ORDER if t in set(df["task"])] + sorted(set(df["task"]) - set(PAPER_TASK_ORDER))
+    table = pd.DataFrame(index=tasks)
+    table["initial"] = 100 * df.groupby("task")["success_before"].mean()
+    for eps in leagues:
+        part = df[np.isclose(df["league"], eps)]
+        for method in methods:
+            cell = part[part["method"] == method].groupby("task")["gain"].mean()
+            table[f"{eps:g} {method}"] = cell
+    table.loc["average"] = table.mean(axis=0, skipna=False)
+    return table
+
+
+def format_league_table(table: pd.DataFrame, decimals: int = 1) -> str:
+    """The table as text, rounded as the paper prints it."""
+    return table.round(decimals).to_string(float_format=lambda x: f"{x:.{decimals}f}")
+
+
+def original_gptj_summary(directory: str | Path) -> pd.DataFrame:
+    """The original's GPT-J summary rows (plotting/workshop-gptj/{results,initial,intervention}.jsonl) in
+    the long format of `league_table`: full / LoRA rows carry success rates (results.jsonl, initial.jsonl,
+    matched on task, method, league); the ensemble rows (intervention.jsonl) carry FAILURE rates
+    (`score`, `initial_score`), turned into success = 1 - score."""
+    directory = Path(directory)
+    results = pd.read_json(directory / "results.jsonl", lines=True)
+    initial = pd.read_json(directory / "initial.jsonl", lines=True)
+    ensemble = pd.read_json(directory / "intervention.jsonl", lines=True)
+    keys = ["task", "method", "league"]
+    for frame in (results, initial, ensemble):
+        frame["league"] = frame["league"].astype(float)
+    merged = results.merge(initial[keys + ["score"]], on=keys, suffixes=("", "_initial"), validate="one_to_one")
+    ft = pd.DataFrame({"task": merged["task"], "method": merged["method"], "league": merged["league"],
+                       "success": merged["score"], "success_before": merged["score_initial"]})
+    ens = pd.DataFrame({"task": ensemble["task"], "method": "ensemble", "league": ensemble["league"],
+                        "success": 1 - ensemble["score"], "success_before": 1 - ensemble["initial_score"]})
+    return pd.concat([ft, ens], ignore_index=True)
+
+
+def transfer_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate rows of test (transfer) runs of editing.finetune / editing.ensemble / editing.memit in the
+    long format of `league_table` (task = dataset; one row per replicate)."""
+    agg = _level(df, "aggregate")
+    method = agg["method"] if "method" in agg.columns else pd.Series("memit", index=agg.index)
+    if "subject_type" in agg.columns:  # MEMIT's request forms are separate columns (paper Table 2)
+        method = method + agg["subject_type"].map(lambda t: "" if pd.isna(t) else f" ({t} subject)")
+    return pd.DataFrame({"task": agg["dataset"], "method": method, "league": agg["league"].astype(float),
+                         "success": agg["success"], "success_before": agg["success_before"]})

@@ -184,57 +184,93 @@ def compute_u(
     return (u / u.norm()).float(), k_bar.float()
 
 
+def _output_tensor(out):
+    """A module's output tensor (blocks of some architectures return a tuple whose first item it is)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_output(out, tensor):
+    return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+
+
 def compute_v(
-    model, tokenizer, hp: RomeHparams, prompt: str, subject: str, target: str, templates: Sequence[str], device
+    model, tokenizer, hp: RomeHparams, prompt: str, subject: str, target: str, templates: Sequence[str], device,
+    module=None, loss_type: str = "good", target_alt: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-    """(v*, v_0, last loss, steps): the MLP output at the subject's last token that makes `target` likely."""
-    target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
-    if not target_ids:
-        raise ValueError(f"target {target!r} tokenizes to nothing")
+    """(v*, v_0, last loss, steps): the output of `module` (default: layer hp.layer's MLP output
+    projection, ROME's value; MEMIT passes the block, i.e. the residual stream) at the subject's last
+    token that makes `target` likely.
+
+    `loss_type` gives the canonical-examples variants of the MEMIT fork (run_memit.py): "good" (ROME's
+    NLL of target), "bad" (minus it: make target unlikely), "balance" (|NLL(target) - NLL(target_alt)|,
+    per-token means; gender " he" / " she") and "good-v-bad" (NLL(target) - NLL(target_alt); verbs). The
+    early stop (L < 5e-2) applies to "good" and "balance" only: the other two are unbounded below, and
+    the fork's threshold of -50 is reached only by the step budget in practice.
+    """
+    paired = loss_type in ("balance", "good-v-bad")
+    if paired and target_alt is None:
+        raise ValueError(f"loss_type {loss_type!r} needs target_alt")
+    targets = [target] + ([target_alt] if paired else [])
+    target_ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    if not all(target_ids):
+        raise ValueError(f"target {targets!r} tokenizes to nothing")
     rewrite_texts = [t.format(prompt).format(subject) for t in templates]
-    seqs, lookups, label_spans = [], [], []
-    for text in rewrite_texts:
-        ids = _ids(tokenizer, text)
-        seqs.append(ids + target_ids[:-1])
-        lookups.append(subject_last_index(tokenizer, text, subject))
-        label_spans.append(len(ids) - 1)  # logits at this position predict target_ids[0]
+    seqs, lookups, label_starts, which = [], [], [], []
+    for j, ids_t in enumerate(target_ids):
+        for text in rewrite_texts:
+            ids = _ids(tokenizer, text)
+            seqs.append(ids + ids_t[:-1])
+            lookups.append(subject_last_index(tokenizer, text, subject))
+            label_starts.append(len(ids) - 1)  # logits at this position predict ids_t[0]
+            which.append(j)
     kl_text = KL_PROMPT.format(subject)
     seqs.append(_ids(tokenizer, kl_text))
     lookups.append(subject_last_index(tokenizer, kl_text, subject))
-    n_rewrite = len(rewrite_texts)
+    n_rewrite = len(seqs) - 1
 
     ids, mask = _pad_right(seqs, device)
     rows = torch.arange(len(seqs), device=ids.device)
     lookup = torch.tensor(lookups, device=ids.device)
-    target_t = torch.tensor(target_ids, device=ids.device)
-    label_pos = torch.tensor(label_spans, device=ids.device)[:, None] + torch.arange(len(target_ids), device=ids.device)
-
-    proj = _arch.down_proj(model, hp.layer)
+    proj = module if module is not None else _arch.down_proj(model, hp.layer)
     state: dict[str, torch.Tensor] = {}
 
-    def add_delta(module, args, out):  # out (batch, seq, d)
+    def add_delta(mod, args, out):  # output (batch, seq, d)
+        hidden = _output_tensor(out)
         if "v_init" not in state:
-            state["v_init"] = out[0, lookup[0]].detach().float().clone()
-        out = out.clone()
-        out[rows, lookup] = out[rows, lookup] + state["delta"].to(out.dtype)
-        return out
+            state["v_init"] = hidden[0, lookup[0]].detach().float().clone()
+        hidden = hidden.clone()
+        hidden[rows, lookup] = hidden[rows, lookup] + state["delta"].to(hidden.dtype)
+        return _with_output(out, hidden)
+
+    def mean_nll(log_probs, j):  # per-token mean NLL of target j, averaged over its rewriting prompts
+        ids_t = torch.tensor(target_ids[j], device=ids.device)
+        chosen = [i for i in range(n_rewrite) if which[i] == j]
+        r = torch.tensor(chosen, device=ids.device)[:, None]
+        pos = torch.tensor([label_starts[i] for i in chosen], device=ids.device)[:, None] + torch.arange(len(ids_t), device=ids.device)
+        return -(log_probs[r, pos, ids_t[None, :]].sum(1) / len(ids_t)).mean()
 
     with frozen_parameters(model):
-        d = keys_and_values(model, hp.layer, seqs[:1], lookups[:1], device)[1].shape[-1]
-        delta = torch.zeros(d, device=ids.device, requires_grad=True)
+        with _hook(proj, lambda m, a, out: state.update(d=_output_tensor(out).shape[-1])):
+            model(input_ids=ids[:1], attention_mask=mask[:1])
+        delta = torch.zeros(state.pop("d"), device=ids.device, requires_grad=True)
         state["delta"] = delta
         optimiser = torch.optim.Adam([delta], lr=hp.v_lr)
         kl_init = None
         loss_value, steps = float("nan"), 0
+        early_stop = loss_type in ("good", "balance")
         with _hook(proj, add_delta):
             for it in range(hp.v_num_grad_steps):
                 optimiser.zero_grad()
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
                 log_probs = F.log_softmax(logits[:n_rewrite], -1)
-                picked = log_probs[torch.arange(n_rewrite, device=ids.device)[:, None], label_pos, target_t[None, :]]
-                nll = -(picked.sum(1) / len(target_ids)).mean()
-                kl_rows = torch.arange(len(seqs) - n_rewrite, device=ids.device)
-                kl_log = F.log_softmax(logits[n_rewrite:][kl_rows, lookup[n_rewrite:]], -1)  # (1, vocab)
+                nll = mean_nll(log_probs, 0)
+                if loss_type == "bad":
+                    nll = -nll
+                elif loss_type == "balance":
+                    nll = (nll - mean_nll(log_probs, 1)).abs()
+                elif loss_type == "good-v-bad":
+                    nll = nll - mean_nll(log_probs, 1)
+                kl_log = F.log_softmax(logits[n_rewrite:][torch.arange(1, device=ids.device), lookup[n_rewrite:]], -1)
                 if kl_init is None:
                     kl_init = kl_log.detach().clone()
                 kl = hp.kl_factor * F.kl_div(kl_init, kl_log, log_target=True, reduction="batchmean")
@@ -242,7 +278,7 @@ def compute_v(
                 wd = hp.v_weight_decay * (delta.norm() / v_init.norm() ** 2)
                 loss = nll + kl + wd
                 loss_value = float(loss.detach())
-                if loss_value < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
+                if (early_stop and loss_value < hp.early_stop_loss) or it == hp.v_num_grad_steps - 1:
                     break
                 loss.backward()
                 optimiser.step()

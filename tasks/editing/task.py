@@ -63,7 +63,7 @@ class FinetuneParams(TaskParams):
     model: str = "tiny-gpt2"
     dataset: str = "facts"  # country | company | gender | temporal | stereoset | verb | facts (built-in)
     split: Literal["val", "test"] = "val"
-    method: Literal["full", "layers", "lora"] = "full"
+    method: Literal["full", "layers", "lora", "senses"] = "full"  # senses: Backpack models only
     lr: float = Field(1e-4, gt=0)
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(1, ge=1)
@@ -75,7 +75,10 @@ class FinetuneParams(TaskParams):
     lora_alpha: float = Field(8.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_layer_fraction: float = Field(0.5, gt=0, le=1)  # the original's block rule when no trainable_layers
+    senses_per_example: int = Field(8, ge=1)  # k of the sense selection (original sweeps: U{5..11})
+    sense_lambda: float = Field(1000.0, ge=0)  # lambda of S = A - lambda B (country: 10^U(2, 3.5))
     league: float | None = Field(None, gt=0)  # evaluate every epoch, report the last epoch inside the ball
+    leagues: list[float] | None = None  # also report rows (level "league") for each of these balls, one run
     general_text: str = "builtin"  # builtin | val100 | path to a jsonl with `text`
     general_docs: int = Field(100, ge=1)  # texts of general_text for degradation G
     kl_docs: int = Field(100, ge=1)  # the next texts, for the KL regulariser R
@@ -99,7 +102,7 @@ def _split_general(texts: list[str], general_docs: int, kl_docs: int, builtin: b
 @task(
     "editing.finetune",
     params=FinetuneParams,
-    version=1,
+    version=2,
     setup=load_model,
     setup_keys=("model",),
     resources={"num_cpus": 1},
@@ -112,7 +115,9 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     Without `league` the model after the last epoch is evaluated (epochs is a hyperparameter); with
     `league` eps every epoch is evaluated and the last epoch with general loss < G_0 (1 + eps) is
     reported, as the original's score_of_last_valid_epoch. Methods, training and quirks: finetune.py;
-    metrics: evaluation.py.
+    metrics: evaluation.py. Method "senses" (Backpack models): sense selection on the canonical
+    examples against the KL texts as background, then trainable offsets only (senses.py); the offsets
+    of the reported epoch are saved as sense_offsets.safetensors for editing.ensemble.
     """
     from tasks.editing import _arch, compute, data, evaluation
     from tasks.editing import finetune as ft
@@ -128,10 +133,25 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     )
     before = evaluation.evaluate(base, tokenizer, sets, device)
 
-    model = ft.prepare_model(
-        base, params.method, params.trainable_layers, params.lora_rank, params.lora_alpha,
-        params.lora_dropout, params.lora_layer_fraction, seed=ctx.seed,
-    )
+    n_senses = None
+    if params.method == "senses":
+        from tasks.editing import senses
+
+        if not hasattr(base, "sense_vectors"):
+            raise ValueError(f"method senses needs a Backpack model (e.g. tiny-backpack, stanfordnlp/backpack-gpt2), got model={params.model!r}")
+        background = senses.background_scores(base, compute.encode_texts(tokenizer, kl_texts, max_length), device)
+        pairs = senses.select_senses(
+            base, tokenizer, dataset.train[: params.max_train], dataset.loss_type, background,
+            params.senses_per_example, params.sense_lambda, max_length, device,
+        )
+        model = senses.prepare_sense_model(base, pairs)
+        n_senses = len(pairs)
+    else:
+        model = ft.prepare_model(
+            base, params.method, params.trainable_layers, params.lora_rank, params.lora_alpha,
+            params.lora_dropout, params.lora_layer_fraction, seed=ctx.seed,
+        )
+    snapshots: list = []  # sense offsets after each epoch (saved for the ensemble)
     try:
         config = ft.TrainConfig(
             loss_type=dataset.loss_type, lr=params.lr, epochs=params.epochs, batch_size=params.batch_size,
@@ -139,7 +159,11 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
             kl_weight=params.kl_weight, max_length=max_length, seed=ctx.seed,
         )
         kl_chunks = compute.encode_texts(tokenizer, kl_texts, max_length) if params.kl_weight > 0 else []
-        per_epoch = (lambda m, epoch: evaluation.evaluate(m, tokenizer, sets, device)) if params.league else None
+        def per_epoch(m, epoch):
+            if n_senses is not None:
+                snapshots.append(m.sense_offsets.offsets.detach().cpu().clone())
+            return evaluation.evaluate(m, tokenizer, sets, device) if params.league or params.leagues else None
+
         history = ft.train(
             model, tokenizer, dataset.train[: params.max_train], config, device,
             reference=base, kl_chunks=kl_chunks, evaluate=per_epoch,
@@ -152,9 +176,12 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
             epoch = params.epochs
             after = evaluation.evaluate(model, tokenizer, sets, device)
         trainable = ft.trainable_parameter_count(model)
+        if n_senses is not None:
+            _save_offsets(ctx, model.sense_offsets.pairs, snapshots[epoch])
     finally:
         del model
     rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
+    league_rows = _league_rows(before, history.evaluations, params.leagues) if params.leagues else []
     rows[-1].update(
         epoch_selected=epoch,
         train_loss_initial=history.train_loss[0],
@@ -162,8 +189,54 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
         optimizer_steps=sum(history.steps),
         trainable_params=trainable,
         n_train=len(dataset.train[: params.max_train]),
+        n_senses_selected=n_senses,
     )
-    return uniform_rows(rows)
+    return uniform_rows(rows + league_rows)
+
+
+def _league_rows(before, evaluations: list, leagues: list[float]) -> list[dict[str, Any]]:
+    """One row per degradation bound eps (level "league"): the metrics at the last epoch inside
+    G < G_0 (1 + eps), read off the same run, as the original's results file records every league.
+    Columns are prefixed `league_` so that the aggregate row's metrics (what tune selects on) are not
+    averaged with them."""
+    from tasks.editing import evaluation
+
+    losses = [r.general_loss for r in evaluations]
+    out = []
+    for eps in leagues:
+        epoch = evaluation.select_league_epoch(losses, eps)
+        at = evaluations[epoch]
+        out.append({
+            "level": "league", "league_bound": eps, "league_epoch": epoch,
+            "league_success": float(at.success.mean()) if len(at.success) else None,
+            "league_success_before": float(before.success.mean()) if len(before.success) else None,
+            "league_hard_negative_nll": float(at.hard_negative_nll.mean()) if len(at.hard_negative_nll) else None,
+            "league_degradation_general": at.general_loss / before.general_loss - 1,
+        })
+    return out
+
+
+OFFSETS_FILE = "sense_offsets.safetensors"
+
+
+def _save_offsets(ctx: RunContext, pairs, offsets) -> None:
+    """The selected (token, sense) pairs and their offsets at the reported epoch (the original saved them
+    for the ensemble whenever an epoch was inside the league; the last such epoch wins, as here)."""
+    import torch
+    from safetensors.torch import save_file
+
+    if ctx.artifact_dir is None:
+        return
+    ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), "offsets": offsets.contiguous()},
+              str(ctx.artifact_dir / OFFSETS_FILE))
+
+
+def load_offsets(path) -> tuple[list[tuple[int, int]], Any]:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    return [tuple(map(int, p)) for p in state["pairs"].tolist()], state["offsets"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -464,4 +537,172 @@ def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, A
                         }
                     )
         rows.append(fact_row)
+    return uniform_rows(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# editing.ensemble
+
+_LARGE: dict[tuple[str, str], Any] = {}  # larger models, loaded once per worker process
+
+
+class EnsembleParams(TaskParams):
+    model: str = "tiny-backpack"  # the Backpack whose sense offsets are ensembled (matches the upstream runs)
+    large_model: str = "tiny-gpt2-corpus"  # any causal LM sharing the Backpack's tokenizer (GPT-J in the paper)
+    dataset: str = "facts"
+    split: Literal["val", "test"] = "test"
+    league: float = Field(1e-4, gt=0)
+    offsets_path: str | None = None  # default: sense_offsets.safetensors of the single upstream run
+    beta_start: float = Field(1.0, gt=0)
+    beta_step: float = Field(0.1, gt=0)
+    general_text: str = "builtin"
+    general_docs: int = Field(100, ge=1)
+    kl_docs: int = Field(100, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    max_hard_negative: int | None = Field(None, ge=1)
+    hard_negative_split: Literal["val", "test"] | None = None
+    hard_neg_tolerance: float = Field(math.log(1.5), ge=0)
+    max_length: int = Field(512, ge=8)
+    eval_batch_size: int = Field(16, ge=1)
+    data_dir: str | None = None
+    seed: int = 0
+
+
+@task("editing.ensemble", params=EnsembleParams, version=1, setup=load_model, setup_keys=("model",),
+      resources={"num_cpus": 1})
+def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
+    """A sense-fine-tuned Backpack ensembled with a larger LM (Hewitt et al. 2024, section 5.3): beta
+    searched down from 1 by 0.1 until general loss < (1 + league) x the larger model's; success, hard
+    negatives and degradation of the ensemble vs the larger model alone. Maths: ensemble.py."""
+    from tasks.editing import _arch, data, evaluation
+    from tasks.editing.ensemble import EnsembleLM, search_beta
+    from tasks.editing.models import load_model as load
+    from tasks.editing.senses import prepare_sense_model
+
+    backpack, tokenizer = _model_and_tokenizer(params, ctx)
+    device = _device(backpack)
+    key = (params.large_model, str(device))
+    if key not in _LARGE:
+        _LARGE[key] = load(params.large_model, device=str(device))[0]
+    large = _LARGE[key]
+    path = params.offsets_path
+    if path is None:
+        path = ctx.upstream_one().artifact_dir / OFFSETS_FILE
+    pairs, offsets = load_offsets(path)
+    edited = prepare_sense_model(backpack, pairs)
+    import torch
+
+    with torch.no_grad():
+        edited.sense_offsets.offsets.copy_(offsets.to(device))
+    dataset = data.load_dataset(params.dataset, params.split, params.data_dir, params.hard_negative_split)
+    texts = data.general_texts(params.general_text, params.data_dir)
+    general, _ = _split_general(texts, params.general_docs, params.kl_docs, params.general_text == "builtin")
+    max_length = min(params.max_length, _arch.max_positions(backpack), _arch.max_positions(large))
+    sets = evaluation.build_eval_sets(
+        tokenizer, dataset, general, max_length, params.max_eval, params.max_hard_negative, params.eval_batch_size
+    )
+    found = search_beta(large, edited, sets.general_chunks, params.league, device, params.beta_start, params.beta_step)
+    before = evaluation.evaluate(large, tokenizer, sets, device)
+    after = evaluation.evaluate(EnsembleLM(large, edited, found.beta), tokenizer, sets, device)
+    rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
+    rows[-1].update(method="ensemble", beta=found.beta, betas_tried=len(found.tried), n_senses_selected=len(pairs))
+    return uniform_rows(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# editing.memit
+
+
+class MemitParams(TaskParams):
+    model: str = "tiny-gpt2-corpus"
+    dataset: str = "facts"
+    split: Literal["val", "test"] = "val"
+    subject_type: Literal["prefix", "true"] = "prefix"  # prefix: the whole prefix is the subject ("standard")
+    layers: list[int] | None = None  # default: the first ceil(L/3) layers (backpack 0..4, pythia-410m 3..7 in the paper)
+    v_num_grad_steps: int = Field(20, ge=1)
+    v_lr: float = Field(0.5, gt=0)
+    v_weight_decay: float = Field(0.5, ge=0)
+    kl_factor: float = Field(0.0625, ge=0)  # sweep: U(0.001, 0.1)
+    clamp_norm_factor: float = Field(0.75, gt=0)  # sweep: 10^U(-1.35, 0)
+    mom2_update_weight: float = Field(15000.0, gt=0)  # sweep: randint(9000, 75000)
+    template_lengths: list[tuple[int, int]] = [(10, 10)]
+    context_templates: list[str] | None = None
+    league: float | None = Field(None, gt=0)  # in_league = degradation_general < league
+    general_text: str = "builtin"
+    general_docs: int = Field(100, ge=1)
+    cov_docs: int = Field(1000, ge=1)
+    max_train: int | None = Field(None, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    max_hard_negative: int | None = Field(None, ge=1)
+    hard_negative_split: Literal["val", "test"] | None = None
+    hard_neg_tolerance: float = Field(math.log(1.5), ge=0)
+    max_length: int = Field(512, ge=8)
+    eval_batch_size: int = Field(16, ge=1)
+    data_dir: str | None = None
+    seed: int = 0
+
+
+def _memit_requests(params: MemitParams, dataset) -> list:
+    """One request per canonical example: prompt "{}" with the whole prefix as subject (prefix), or the
+    annotated subject (true; only the built-in facts carry one: the paper's annotations are not public)."""
+    from tasks.editing import data
+    from tasks.editing.memit import MemitRequest
+
+    train = dataset.train[: params.max_train]
+    if params.subject_type == "true":
+        if params.dataset != data.BUILTIN_DATASET:
+            raise ValueError("subject_type 'true' needs annotated subjects: only dataset 'facts' has them")
+        facts = data._split_facts(params.split)[0][: len(train)]
+        return [MemitRequest(f.prompt, f.subject, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
+                for f, ex in zip(facts, train)]
+    return [MemitRequest("{}", ex.prefix, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
+            for ex in train]
+
+
+@task("editing.memit", params=MemitParams, version=1, setup=load_model, setup_keys=("model",),
+      resources={"num_cpus": 1})
+def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
+    """MEMIT (Meng et al. 2023) of all canonical examples of a split in one batch, evaluated like
+    fine-tuning (success, hard negatives, degradation vs the unedited model), as the canonical-examples
+    paper's baseline. The edit is undone before returning. Maths and simplifications: memit.py."""
+    from tasks.editing import _arch, compute, data, evaluation, memit, rome
+
+    model, tokenizer = _model_and_tokenizer(params, ctx)
+    device = _device(model)
+    n_layers = _arch.n_layers(model)
+    layers = params.layers if params.layers is not None else list(range(max(1, math.ceil(n_layers / 3))))
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layers: {layer} out of range for a model with {n_layers} layers")
+    dataset = data.load_dataset(params.dataset, params.split, params.data_dir, params.hard_negative_split)
+    texts = data.general_texts(params.general_text, params.data_dir)
+    max_length = min(params.max_length, _arch.max_positions(model))
+    sets = evaluation.build_eval_sets(tokenizer, dataset, texts[: params.general_docs], max_length,
+                                      params.max_eval, params.max_hard_negative, params.eval_batch_size)
+    cov_chunks = compute.encode_texts(tokenizer, texts[: params.cov_docs], max_length)
+    covs = {layer: _cached(model, ("cov", layer, params.general_text, params.cov_docs, max_length),
+                           lambda layer=layer: rome.second_moment(model, layer, cov_chunks, device)) for layer in layers}
+    templates = params.context_templates or _cached(
+        model, ("templates", tuple(map(tuple, params.template_lengths)), ctx.seed),
+        lambda: rome.sample_context_templates(model, tokenizer, params.template_lengths, ctx.seed, device),
+    )
+    requests = _memit_requests(params, dataset)
+    hp = memit.MemitHparams(
+        layers=tuple(layers), v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
+        v_weight_decay=params.v_weight_decay, kl_factor=params.kl_factor,
+        clamp_norm_factor=params.clamp_norm_factor, mom2_update_weight=params.mom2_update_weight,
+        loss_type=dataset.loss_type,
+    )
+    before = evaluation.evaluate(model, tokenizer, sets, device)
+    result = memit.compute_memit(model, tokenizer, requests, hp, templates, covs, device)
+    with memit.applied_deltas(model, result.deltas):
+        after = evaluation.evaluate(model, tokenizer, sets, device)
+    rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
+    degradation = rows[-1]["degradation_general"]
+    rows[-1].update(
+        method="memit", n_requests=len(requests), edit_layers=",".join(map(str, layers)),
+        z_loss_mean=sum(result.z_loss) / len(result.z_loss),
+        update_norm=float(sum(d.norm() ** 2 for d in result.deltas.values()) ** 0.5),
+        in_league=None if params.league is None else float(degradation < params.league),
+    )
     return uniform_rows(rows)

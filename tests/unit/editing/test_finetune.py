@@ -169,7 +169,7 @@ def test_pair_datasets_on_the_real_files(tiny_lm):
 
 def test_params_validate_by_name():
     with pytest.raises(ValueError, match="method"):
-        FinetuneParams(method="senses")
+        FinetuneParams(method="rome")  # senses is a method since the Backpack landed
     with pytest.raises(ValueError, match="lr"):
         FinetuneParams(lr=0)
     with pytest.raises(ValueError, match="out of range"):
