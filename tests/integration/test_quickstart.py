@@ -87,3 +87,12 @@ def test_embedding_to_sensitivity_on_real_minilm_weights(tmp_path: Path) -> None
     assert (embed.model == "minilm").all() and len(sens) > 0
     mean = sens.groupby(["map", "n"]).S.mean()
     assert mean["raf"][20] > 2 * mean["rf"][20]
+
+
+def test_fact_injection_touches_only_trainable_layers(quickstart) -> None:
+    # Invariant (issue 11): with only block 3 trainable, every other layer's weight change is exactly 0.
+    df = stage(quickstart, "probe_inject")
+    layers = df[(df.level == "layer") & (df.layer_set == "3")]
+    assert (layers[layers.layer != 3].weight_change_norm == 0).all()
+    assert (layers[layers.layer == 3].weight_change_norm > 0).any()
+    assert (stage(quickstart, "probe_noise").status == "ok").all()
