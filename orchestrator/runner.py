@@ -66,7 +66,7 @@ def run_stage(sweep: Sweep, name: str, work: Iterator[tuple[Run, int]], total: i
 
     def items() -> Iterator[WorkItem]:
         for run, attempt in work:
-            links = {need: table.get(sweep._key(run.params, keys), []) for need, (keys, table) in upstream.items()}
+            links = {need: table.get(sweep.match_value(run.params, keys), []) for need, (keys, table) in upstream.items()}
             runs_by_id[run.run_id] = run
             yield WorkItem(sweep.payload(run, attempt, links, memory), plan.task.setup_key(run.params))
 

@@ -118,13 +118,13 @@ class Sweep:
         """The stage's runs, each checked to match a run of every grid stage it needs."""
         plan = self.plans[name]
         match_keys = {need: self.match_keys(name, need) for need in plan.stage.needs if self.is_grid_stage(need)}
-        upstream_keys = {need: {self._key(r.params, keys) for r in self.plans[need].runs()}
+        upstream_keys = {need: {self.match_value(r.params, keys) for r in self.plans[need].runs()}
                          for need, keys in match_keys.items()}
         count = 0
         for run in plan.runs():
             count += 1
             for need, keys in upstream_keys.items():
-                if self._key(run.params, match_keys[need]) not in keys:
+                if self.match_value(run.params, match_keys[need]) not in keys:
                     shown = {k: run.params.get(k) for k in match_keys[need]}
                     raise self.loaded.source.error(
                         ("stages", name, "needs"),
@@ -176,7 +176,8 @@ class Sweep:
         return [k for k in mine if k in theirs]
 
     @staticmethod
-    def _key(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
+    def match_value(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
+        """The values of `keys` in `params`, as compared when matching runs to upstream runs."""
         return tuple(param_column(params.get(k)) for k in keys)
 
     def upstream_index(self, stage: str, cache_dir: Path) -> dict[str, tuple[list[str], dict[tuple, list[Upstream]]]]:
@@ -195,7 +196,7 @@ class Sweep:
                         local = self.store.fetch_artifacts(run.run_id, cache_dir)
                     except (FileNotFoundError, OSError):
                         local = cache_dir / run.run_id  # absent: the run reports missing upstream artifacts
-                table.setdefault(self._key(run.params, keys), []).append(Upstream(need, run.run_id, run.params, local))
+                table.setdefault(self.match_value(run.params, keys), []).append(Upstream(need, run.run_id, run.params, local))
             index[need] = (keys, table)
         return index
 
