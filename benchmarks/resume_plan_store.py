@@ -100,12 +100,12 @@ def main() -> None:
     spin = write_spec(f"""\
         name: spin
         stages:
-          s: {{task: demo.spin, max_workers: 1, params: {{i: {{range: [0, 8]}}, iterations: {args.spin}}}}}
+          s: {{task: demo.spin, max_workers: 1, params: {{i: {{range: [0, 16]}}, iterations: {args.spin}}}}}
     """)
     run_sweep(Sweep(load_spec(spin, ["i={range: [100, 102]}"]), tempfile.mkdtemp()))  # warm both workers
     one, = run_sweep(Sweep(load_spec(spin), tempfile.mkdtemp()))
     two, = run_sweep(Sweep(load_spec(spin, ["stages.s.max_workers=2"]), tempfile.mkdtemp()))
-    print(f"CPU-bound sweep (8 runs of demo.spin): 1 worker {one.wall_s:.2f} s, 2 workers {two.wall_s:.2f} s, "
+    print(f"CPU-bound sweep (16 runs of demo.spin): 1 worker {one.wall_s:.2f} s, 2 workers {two.wall_s:.2f} s, "
           f"speed-up {one.wall_s / two.wall_s:.2f}x (target >= 1.85x)")
     cluster.shutdown()
 
