@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+install() {
+    # Some machines' pip configuration names local package folders that may be absent; pip warns about
+    # each on every call. Those warnings are dropped, every other message is kept.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -e ".[dev]"
+.venv/bin/python -c "import torch" 2>/dev/null || install "torch==2.13.0"
+install -e ".[dev]"
