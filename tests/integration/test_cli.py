@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 
 from orchestrator.store import load_results
+from tests.helpers import executing_workers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,17 +74,6 @@ def _kill_when(condition, spec: Path, results: Path, cwd: Path, timeout: float =
     return killed
 
 
-def _runs_executing() -> bool:
-    """Whether some Ray worker is executing a chunk of runs (its process title says so)."""
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if " ".join(proc.info["cmdline"] or []).startswith("ray::_run_chunk"):
-                return True
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return False
-
-
 def _assert_readable(stage_dir: Path) -> None:
     for part in stage_dir.glob("part-*.parquet"):
         pq.read_metadata(part)  # every visible file is complete
@@ -105,7 +94,7 @@ def test_driver_sigkill_at_three_points_then_resume(write_spec, tmp_path: Path) 
     stage_dir = results / "killed" / "s"
     stored = lambda: len(load_results(str(results), "killed", "s")) if stage_dir.exists() else 0  # noqa: E731
     # 1. before the first write: once a worker is executing runs, but no part exists yet
-    assert _kill_when(lambda: _runs_executing() and not list(stage_dir.glob("part-*")), spec, results, tmp_path)
+    assert _kill_when(lambda: executing_workers() and not list(stage_dir.glob("part-*")), spec, results, tmp_path)
     _assert_readable(stage_dir)
     first = stored()
     # 2. mid-write: while a temporary part file exists (at the latest, right after the next part lands)

@@ -24,25 +24,13 @@ from orchestrator.runner import run_sweep
 from orchestrator.spec import load_spec
 from orchestrator.stages import Sweep
 from orchestrator.store import load_results
+from tests.helpers import executing_workers
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def sweep_of(spec: Path, results: Path) -> Sweep:
     return Sweep(load_spec(spec), str(results))
-
-
-def busy_workers() -> list[psutil.Process]:
-    """Ray worker processes currently executing one of our chunks."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            title = " ".join(proc.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if title.startswith("ray::_run_chunk"):
-            found.append(proc)
-    return found
 
 
 @pytest.mark.slow
@@ -65,7 +53,7 @@ def test_worker_kills_lose_and_duplicate_nothing(write_spec, tmp_path: Path) -> 
 
     def killer() -> None:
         while not done.is_set() and len(killed) < 25:
-            workers = [w for w in busy_workers() if w.pid not in killed]
+            workers = [w for w in executing_workers() if w.pid not in killed]
             if workers:
                 victim = rng.choice(workers)
                 try:
@@ -101,6 +89,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     from orchestrator.spec import load_spec
     from orchestrator.stages import Sweep
     from orchestrator.store import load_results
+from tests.helpers import executing_workers
 
     spec, results = sys.argv[1], sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

@@ -11,17 +11,6 @@ NARROW_STEPS = 100
 NARROW_LR = 5e-3
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, and much faster on a shared, busy machine; restored after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory) -> dict[str, Path]:
     """{"base": a fresh tiny GPT-2 (random weights), "narrow": the same model fine-tuned on data.NARROW_TEXT}."""
@@ -30,17 +19,10 @@ def tiny_pair(tmp_path_factory) -> dict[str, Path]:
     from tasks.diversity.compute import finetune_on_text
     from tasks.diversity.data import NARROW_TEXT
 
-    import torch
-
     root = tmp_path_factory.mktemp("diversity-models")
     base = build_tiny_causal_lm(root / "base", arch="gpt2", seed=0)
     model, tokenizer = load_causal_lm(base)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 140k-parameter model trains several times faster on one thread
-    try:
-        losses = finetune_on_text(model, tokenizer, NARROW_TEXT * 8, steps=NARROW_STEPS, lr=NARROW_LR, seed=0)
-    finally:
-        torch.set_num_threads(threads)
+    losses = finetune_on_text(model, tokenizer, NARROW_TEXT * 8, steps=NARROW_STEPS, lr=NARROW_LR, seed=0)
     assert losses[-1] < 0.5 * losses[0], f"narrow fine-tuning did not converge: {losses[0]:.2f} -> {losses[-1]:.2f}"
     narrow = root / "narrow"
     model.save_pretrained(narrow)

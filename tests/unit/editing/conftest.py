@@ -76,15 +76,6 @@ def tiny_lm(_one_torch_thread):
     return model, tokenizer
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run these tiny models ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Planted:
     """The planted-fact model and what the tests need to know about it."""
 

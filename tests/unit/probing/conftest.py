@@ -21,15 +21,6 @@ PLANTED = {"cat": "red", "dog": "blue", "bird": "green", "fish": "yellow", "hors
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two threads run the tiny models much slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INTERP_SWEEPS_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -1,18 +1,20 @@
-"""Shared set-up for the sensitivity unit tests: one torch thread (the ops are tiny; extra threads only
-contend on a shared 2-core machine), seeded global RNGs."""
+"""Shared by the unit tests of every family: one torch thread, and a tiny BERT."""
+
+from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _torch_single_thread():
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread, torch seeded: on a shared 2-core machine two threads run tiny models ~10x slower."""
     import torch
 
-    threads = torch.get_num_threads()
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
