@@ -89,7 +89,6 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     from orchestrator.spec import load_spec
     from orchestrator.stages import Sweep
     from orchestrator.store import load_results
-from tests.helpers import executing_workers
 
     spec, results = sys.argv[1], sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
