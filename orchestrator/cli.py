@@ -14,9 +14,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.api import Connector
+from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.plan import SweepPlan, build_plan
+from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.schema import FAILED
 from orchestrator.spec import load_spec
-from orchestrator.stages import StageSummary, Sweep
+from orchestrator.status import StageSummary, summarize
+from orchestrator.store import ResultStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -31,6 +36,9 @@ AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluste
 CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="CPUs of a local Ray.")]
 GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
 StageOpt = Annotated[Optional[list[str]], typer.Option("--stage", help="Only these stages (repeatable).")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
+                                          "inline: every run in this process, one after another, no Ray "
+                                          "(debugging with breakpoint()).")]
 
 
 def _results_root(option: str | None, spec_results: str | None) -> str:
@@ -41,9 +49,11 @@ def _results_root(option: str | None, spec_results: str | None) -> str:
     return root
 
 
-def _load(spec: Path, overrides: list[str] | None, results: str | None) -> Sweep:
+def _load(spec: Path, overrides: list[str] | None, results: str | None) -> tuple[SweepPlan, ResultStore]:
+    """The command's one plan (spec loaded, expanded and validated once) and its store."""
     loaded = load_spec(spec, overrides or [])
-    return Sweep(loaded, _results_root(results, loaded.spec.results))
+    plan = build_plan(loaded)
+    return plan, ResultStore(_results_root(results, loaded.spec.results), loaded.name)
 
 
 def _fail(exc: OrchestratorError) -> None:
@@ -68,29 +78,29 @@ def _summary_table(title: str, summaries: list[StageSummary]) -> Table:
 def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
     """Dry run: validate the spec and show, per stage, the runs, resources and how many are done. No Ray."""
     try:
-        sweep = _load(spec, overrides, results)
-        summaries = sweep.summaries()
+        sweep, store = _load(spec, overrides, results)
+        summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         _fail(exc)
-    out.print(_summary_table(f"plan: {sweep.loaded.name} -> {sweep.store.base}", summaries))
+    out.print(_summary_table(f"plan: {sweep.name} -> {store.base}", summaries))
 
 
 @app.command()
 def status(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
     """Per stage: done, failed and still to run, with the latest failures."""
     try:
-        sweep = _load(spec, overrides, results)
-        summaries = sweep.summaries()
+        sweep, store = _load(spec, overrides, results)
+        summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         _fail(exc)
-    out.print(_summary_table(f"status: {sweep.loaded.name}", summaries))
-    _print_failures(sweep, [s.name for s in summaries if s.failed])
+    out.print(_summary_table(f"status: {sweep.name}", summaries))
+    _print_failures(sweep, store, [s.name for s in summaries if s.failed])
 
 
-def _print_failures(sweep: Sweep, stages: list[str], limit: int = 5) -> None:
+def _print_failures(sweep: SweepPlan, store: ResultStore, stages: list[str], limit: int = 5) -> None:
     for name in stages:
-        table = sweep.store.read_stage(name, columns=["status", "error_type", "error"])
-        failed = [r for r in table.to_pylist() if r.get("status") == "failed"]
+        table = store.read_stage(name, columns=["status", "error_type", "error"])
+        failed = [r for r in table.to_pylist() if r.get("status") == FAILED]
         out.print(f"[red]{len(failed)} failed run(s) in stage {name}[/] (latest attempt), e.g.:")
         for row in failed[:limit]:
             out.print(escape(f"  {row['run_id']} [{row.get('error_type')}] {str(row.get('error'))[:200]}"),
@@ -129,36 +139,33 @@ class RichProgress:
     def stage_finished(self, stage: str) -> None:
         self.progress.refresh()
 
+    def note(self, text: str) -> None:
+        self.progress.console.print(f"[yellow]note:[/] {escape(text)}")
+
     def close(self) -> None:
         if self.ids:
             self.progress.stop()
 
 
 def _execute(spec: Path, overrides: list[str] | None, results: str | None, address: str | None,
-             num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool) -> None:
-    from orchestrator import cluster
-    from orchestrator.runner import RunOptions, run_sweep
-
-    started = False
+             num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool,
+             executor: str) -> None:
+    connector: Connector | None = None
     progress = RichProgress()
     try:
-        sweep = _load(spec, overrides, results)
-        sweep.validate()
-        unknown = [s for s in stages or [] if s not in sweep.plans]
+        sweep, store = _load(spec, overrides, results)
+        unknown = [s for s in stages or [] if s not in sweep.stages]
         if unknown:
-            raise OrchestratorError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
+            raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
         clock = time.perf_counter()
-        def connect() -> None:
-            nonlocal started
-            started = cluster.connect(address, num_cpus, num_gpus)
-
-        outcomes = run_sweep(sweep, RunOptions(retry=retry, stages=stages), progress, connect)
+        connector = Connector(sweep, executor, address, num_cpus, num_gpus, stages)
+        outcomes = run_sweep(sweep, store, connector, RunOptions(retry=retry, stages=stages), progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
         failed_now = sum(o.failed for o in outcomes)
-        console.print(f"{sweep.loaded.name}: executed {executed} runs ({failed_now} failed) in "
-                      f"{time.perf_counter() - clock:.1f}s; results in {sweep.store.base}")
-        summaries = sweep.summaries()
+        console.print(f"{sweep.name}: executed {executed} runs ({failed_now} failed) in "
+                      f"{time.perf_counter() - clock:.1f}s; results in {store.base}")
+        summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         progress.close()
         _fail(exc)
@@ -167,26 +174,28 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
         console.print("[yellow]interrupted:[/] finished runs are stored; run the same command to resume")
         raise typer.Exit(130) from None
     finally:
-        if started:
-            cluster.shutdown()
+        if connector is not None:
+            connector.close()
     failing = [s.name for s in summaries if s.failed]
     if failing:
-        _print_failures(sweep, failing)
+        _print_failures(sweep, store, failing)
         raise typer.Exit(1)
 
 
 @app.command()
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
-        num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None) -> None:
+        num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
+        executor: ExecutorOpt = "ray") -> None:
     """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False)
+    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False, executor=executor)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
-          num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None) -> None:
+          num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
+          executor: ExecutorOpt = "ray") -> None:
     """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True)
+    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True, executor=executor)
 
 
 @app.command()
@@ -196,23 +205,27 @@ def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = 
     from orchestrator.report import stage_report
 
     try:
-        sweep = _load(spec, overrides, results)
+        sweep, store = _load(spec, overrides, results)
     except OrchestratorError as exc:
         _fail(exc)
-    target = out_dir or Path(sweep.store.base) / "report"
+    target = out_dir or store.report_dir()
     for name in sweep.order:
-        for item in stage_report(sweep, name, target):
+        for item in stage_report(sweep, store, name, target):
             out.print(item)
 
 
 @app.command("tasks")
 def list_tasks() -> None:
-    """List registered tasks (without importing them)."""
-    from orchestrator.registry import task_map
+    """List registered tasks (without importing them): built-in families and installed packages."""
+    from orchestrator.registry import task_entries
 
-    table = Table("task", "defined in")
-    for name, target in sorted(task_map().items()):
-        table.add_row(name, target)
+    try:
+        entries = task_entries()
+    except OrchestratorError as exc:
+        _fail(exc)
+    table = Table("task", "defined in", "registered by")
+    for name, entry in sorted(entries.items()):
+        table.add_row(name, entry.target, entry.origin)
     out.print(table)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ClusterError, ResourceError
@@ -29,11 +33,31 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+def shipped_modules(targets: Iterable[str]) -> list[str]:
+    """Local code a cluster's workers need for these task targets: the top-level package (or module
+    file) of each one that is neither installed in the environment nor part of this project."""
+    shipped: dict[str, None] = {}
+    project = Path(__file__).resolve().parents[1]
+    for target in targets:
+        top = target.partition(":")[0].split(".")[0]
+        module = sys.modules.get(top) or importlib.import_module(top)
+        paths = list(getattr(module, "__path__", []))
+        location = Path(paths[0]) if paths else Path(module.__file__ or "")
+        location = location.resolve()
+        installed = any(part in ("site-packages", "dist-packages") for part in location.parts)
+        if not installed and location.parent != project and location.name:
+            shipped[str(location)] = None
+    return list(shipped)
+
+
 def connect(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
-            resources: dict[str, float] | None = None) -> bool:
+            resources: dict[str, float] | None = None, task_targets: Iterable[str] = ()) -> bool:
     """Attach to the cluster at `address` / RAY_ADDRESS, or start a local Ray bound to 127.0.0.1.
 
-    Returns True when this call started Ray (the caller shuts it down), False when Ray was already up.
+    On a cluster, the code of user tasks that are not installed there (a module on this machine's
+    PYTHONPATH) is shipped to the workers with the job (Ray's `py_modules`); a local Ray's workers
+    inherit the driver's environment. Returns True when this call started Ray (the caller shuts it
+    down), False when Ray was already up.
     """
     import ray
 
@@ -51,6 +75,9 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
         raise ClusterError("--num-cpus/--num-gpus describe a local Ray; they cannot be set when attaching to a cluster")
     else:
         kwargs = {"address": address, "logging_level": logging.WARNING}
+        modules = shipped_modules(task_targets)
+        if modules:
+            kwargs["runtime_env"] = {"py_modules": modules}
     try:
         ray.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray raises many types here; all mean "no cluster"
@@ -79,14 +106,31 @@ def alive_nodes() -> list[NodeInfo]:
     return [NodeInfo(n["NodeID"], dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]
 
 
-def requirements(resources: Resources) -> dict[str, float]:
-    """The Ray resource names one run reserves."""
-    needed = {"CPU": resources.num_cpus, "GPU": resources.num_gpus}
+def ray_options(resources: Resources) -> dict[str, Any]:
+    """The `.options(...)` of a Ray task or actor that reserves `resources` (the one mapping)."""
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
     if resources.memory:
-        needed["memory"] = float(int(resources.memory))
+        options["memory"] = int(resources.memory)
     if resources.accelerator_type:
-        needed[f"accelerator_type:{resources.accelerator_type}"] = 0.001
-    needed.update(resources.custom)
+        options["accelerator_type"] = resources.accelerator_type
+    if resources.custom:
+        options["resources"] = dict(resources.custom)
+    return options
+
+
+ACCELERATOR_PREFIX = "accelerator_type:"
+ACCELERATOR_AMOUNT = 0.001  # what Ray reserves of the `accelerator_type:X` node resource
+
+
+def requirements(resources: Resources) -> dict[str, float]:
+    """The node resources one run reserves, named as Ray names them (derived from `ray_options`)."""
+    options = ray_options(resources)
+    needed = {"CPU": float(options["num_cpus"]), "GPU": float(options["num_gpus"])}
+    if "memory" in options:
+        needed["memory"] = float(options["memory"])
+    if "accelerator_type" in options:
+        needed[ACCELERATOR_PREFIX + options["accelerator_type"]] = ACCELERATOR_AMOUNT
+    needed.update(options.get("resources", {}))
     return {k: v for k, v in needed.items() if v > 0}
 
 
@@ -97,7 +141,7 @@ def slots_on(node: NodeInfo, needed: dict[str, float]) -> int:
     counts = []
     for name, amount in needed.items():
         have = node.resources.get(name, 0.0)
-        if name.startswith("accelerator_type:"):
+        if name.startswith(ACCELERATOR_PREFIX):
             counts.append(math.inf if have > 0 else 0)
         else:
             counts.append(math.floor(have / amount + 1e-9))

@@ -46,16 +46,11 @@ class SpecError(OrchestratorError):
             text += f" ({self.hint})"
         return text
 
-    def located(self, file: str | None, line: int | None, key: str | None = None) -> SpecError:
-        """A copy with location filled where it was missing."""
-        return SpecError(
-            self.reason,
-            file=self.file or file,
-            line=self.line if self.line is not None else line,
-            key=self.key or key,
-            value=self.value,
-            hint=self.hint,
-        )
+
+class UsageError(OrchestratorError):
+    """A command-line option that cannot be honoured (an unknown executor or stage)."""
+
+    exit_code = 2
 
 
 class ResourceError(OrchestratorError):

@@ -1,4 +1,6 @@
-"""Executing runs inside a worker: context, setup cache, per-run memory limit, failure capture.
+"""Executing runs: inside a worker (context, setup cache, per-run memory limit, failure capture), and
+the `inline` executor that runs a stage's work in the driver process, one run after another, with no
+Ray at all (so `breakpoint()` in a task works, and a machine without Ray can run a sweep).
 
 A failing run is a value (status, error type, message, traceback), never an exception that kills
 the chunk or the sweep.
@@ -14,16 +16,17 @@ import tempfile
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.context import RunContext, Upstream
-from orchestrator.registry import TaskDef, get_task
+from orchestrator.registry import TaskDef, resolve_target
+from orchestrator.schema import BAD_OUTPUT, FAILED, MEMORY_LIMIT, MISSING_UPSTREAM, OK, TASK_ERROR
+from orchestrator.spec import Retries
 
-MEMORY_LIMIT, TASK_ERROR, BAD_OUTPUT, MISSING_UPSTREAM = "memory_limit", "task_error", "bad_output", "missing_upstream"
 SCALARS = (str, int, float, bool, type(None))
 
 
@@ -32,7 +35,7 @@ class RunPayload:
     """What a worker needs to execute one run (small and picklable)."""
 
     run_id: str
-    task: str
+    target: str  # the task's "module:attr": workers import exactly what the driver planned with
     params: dict[str, Any]
     seed: int
     attempt: int
@@ -183,10 +186,10 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         gpu_ids=list(gpu_ids),
         upstream=payload.upstream,
     )
-    result = RunResult(payload.run_id, "ok", [], started, 0.0, node_name(), None, payload.attempt)
+    result = RunResult(payload.run_id, OK, [], started, 0.0, node_name(), None, payload.attempt)
     keep_work = False
     try:
-        task = get_task(payload.task)
+        task = resolve_target(payload.target)
         params = task.params.model_validate(payload.params)
         for stage, runs in payload.upstream.items():
             for up in runs:
@@ -200,8 +203,8 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         try:
             result.rows = normalize_rows(output)
         except TypeError as exc:
-            result.status, result.error_type, result.error = "failed", BAD_OUTPUT, str(exc)
-        if result.status == "ok" and artifact_tmp.is_dir():
+            result.status, result.error_type, result.error = FAILED, BAD_OUTPUT, str(exc)
+        if result.status == OK and artifact_tmp.is_dir():
             if payload.artifact_root is not None:
                 _publish_local(Path(payload.artifact_root) / payload.run_id, artifact_tmp)
             elif any(artifact_tmp.iterdir()):
@@ -209,7 +212,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
     except BaseException as exc:  # noqa: BLE001 - failures are rows
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        result.status = "failed"
+        result.status = FAILED
         result.error_type = classify_error(exc)
         result.error = f"{type(exc).__name__}: {exc}"[:4000]
         result.traceback = traceback.format_exc()[-20000:]
@@ -278,3 +281,106 @@ _WORKER_CACHE = SetupCache()
 def worker_cache() -> SetupCache:
     """The setup cache of this worker process (stateless Ray tasks share it across calls)."""
     return _WORKER_CACHE
+
+
+# ---------------------------------------------------------------- work handed to an executor
+
+
+@dataclass
+class WorkItem:
+    """One run to execute, with what the scheduler tracks about it."""
+
+    payload: RunPayload
+    setup_key: Any = None
+    system_failures: int = 0
+    errors: int = 0
+
+
+class WorkSource(Protocol):
+    """Where an executor pulls a stage's work from: a fixed list, or a search that proposes as it learns."""
+
+    @property
+    def exhausted(self) -> bool:
+        """No item will ever come again."""
+        ...
+
+    @property
+    def remaining(self) -> int:
+        """Items still to come (an estimate for a search); sizes chunks."""
+        ...
+
+    def take(self, n: int) -> list[WorkItem]:
+        """Up to `n` items ready now (fewer, or none, while a search waits for results)."""
+        ...
+
+
+class ListSource:
+    """A fixed sequence of work items."""
+
+    def __init__(self, items: list[WorkItem]) -> None:
+        self.items, self.position = items, 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.position >= len(self.items)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.items) - self.position
+
+    def take(self, n: int) -> list[WorkItem]:
+        chunk = self.items[self.position : self.position + n]
+        self.position += len(chunk)
+        return chunk
+
+
+OnResult = Callable[[WorkItem, RunResult], None]
+
+
+@dataclass(frozen=True)
+class StageExecution:
+    """What an executor needs to know about a stage to run its work."""
+
+    task: TaskDef
+    resources: Any  # spec.Resources
+    retries: Retries
+    max_workers: int | None = None
+
+
+class InlineExecutor:
+    """Runs every run in this process, one after another: no Ray, same rows, same store, same resume.
+
+    Exceptions are retried `retries.errors` times as on Ray; there are no system failures to retry
+    (a crash here is a crash of the driver). The memory limit is not applied: it would cap the driver.
+    """
+
+    name = "inline"
+
+    def __init__(self) -> None:
+        self.cache = SetupCache()
+
+    def slots(self, resources: Any) -> int:
+        return 1
+
+    def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
+            on_tick: Callable[[], None] | None = None) -> int:
+        """Drive every item of `source` to a final result; returns the setups (model loads) performed."""
+        loads_before = self.cache.loads
+        while not source.exhausted:
+            items = source.take(1)
+            if not items:
+                raise RuntimeError("the work source has nothing to run and nothing in flight")
+            item = items[0]
+            while True:
+                payload = RunPayload(**{**item.payload.__dict__, "memory_bytes": None})
+                result = execute_run(payload, self.cache, [])
+                if result.status != OK and item.errors < stage.retries.errors:
+                    item.errors += 1
+                    item.payload.attempt += 1
+                    time.sleep(min(stage.retries.backoff_s * 2 ** (item.errors - 1), 60.0))
+                    continue
+                on_result(item, result)
+                break
+            if on_tick:
+                on_tick()
+        return self.cache.loads - loads_before

@@ -15,7 +15,9 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from orchestrator.stages import RESERVED_COLUMNS, Sweep
+from orchestrator.plan import SweepPlan
+from orchestrator.schema import OK, RESERVED_COLUMNS
+from orchestrator.store import ResultStore
 
 MAX_ROWS = 40
 MAX_METRICS = 8
@@ -35,7 +37,7 @@ def report_hooks() -> dict[str, str]:
 
 def summary_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """Mean of every numeric metric over the parameters that vary, ok runs only."""
-    ok = df[df["status"] == "ok"]
+    ok = df[df["status"] == OK]
     varying = [p for p in params if p in ok.columns and ok[p].nunique(dropna=False) > 1]
     metrics = [c for c in ok.columns if c not in RESERVED_COLUMNS and c not in params
                and pd.api.types.is_numeric_dtype(ok[c]) and not pd.api.types.is_bool_dtype(ok[c])]
@@ -66,18 +68,16 @@ def _chosen(params_json: str | None, keys: list[str]) -> str:
     return ", ".join(f"{k}={params[k]:.4g}" if isinstance(params[k], float) else f"{k}={params[k]}" for k in keys)
 
 
-def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
-    table = sweep.store.read_stage(stage)
+def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path) -> list[Any]:
+    table = store.read_stage(stage)
     if table.num_rows == 0:
         return [f"{stage}: no results yet"]
     df = table.to_pandas()
-    plan = sweep.plans[stage]
+    plan = sweep.stages[stage]
     counts = df.drop_duplicates("run_id")["status"].value_counts().to_dict()
     items: list[Any] = [f"[bold]{stage}[/] ({plan.task.name}): " + ", ".join(f"{v} {k}" for k, v in counts.items())]
     if plan.stage.tune is not None:
-        from orchestrator.tune import read_best
-
-        best = pd.DataFrame(read_best(sweep.store, stage))
+        best = pd.DataFrame(store.best_rows(stage))
         if not best.empty:
             space = list(plan.stage.tune.space)
             best["chosen"] = [_chosen(text, space) for text in best["best_params"]]
@@ -92,7 +92,7 @@ def stage_report(sweep: Sweep, stage: str, out_dir: Path) -> list[Any]:
     if target:
         module, _, attr = target.partition(":")
         out_dir.mkdir(parents=True, exist_ok=True)
-        for item in getattr(importlib.import_module(module), attr)(df[df["status"] == "ok"], out_dir / stage):
+        for item in getattr(importlib.import_module(module), attr)(df[df["status"] == OK], out_dir / stage):
             if isinstance(item, pd.DataFrame):
                 items.append(_table(f"{stage}: {plan.task.name}", item))
             elif isinstance(item, Path):

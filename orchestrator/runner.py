@@ -1,19 +1,59 @@
-"""`run` and `retry`: drive every stage of a sweep through the scheduler into the store."""
+"""`run` and `retry`: drive every stage of a plan through an executor into the store.
+
+Resume is by content: a run whose id already has a stored row is never executed again; `retry`
+re-executes only runs whose latest attempt failed. Grid runs, tune trials and transferred runs take
+the same path: a work source -> the executor (Ray or inline) -> `on_result` -> the row writer.
+"""
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from orchestrator import cluster
+from orchestrator.context import Upstream
+from orchestrator.errors import SpecError
+from orchestrator.execute import ListSource, OnResult, RunPayload, RunResult, StageExecution, WorkItem, WorkSource
+from orchestrator.plan import StagePlan, SweepPlan
+from orchestrator.provenance import git_commit, package_versions
 from orchestrator.runs import Run
-from orchestrator.scheduler import SchedulerConfig, StageScheduler, WorkItem
-from orchestrator.stages import NullProgress, ProgressSink, StageOutcome, Sweep, result_rows
-from orchestrator.store import OK, SweepLock
+from orchestrator.schema import FAILED, MISSING_UPSTREAM, OK, result_rows
+from orchestrator.store import ResultStore, RowWriter, RunState, SweepLock
+from orchestrator.tune import GroupSearch, TrialSource, best_rows, new_study, stored_trials
+
+
+class Executor(Protocol):
+    name: str
+
+    def slots(self, resources: Any) -> int: ...
+
+    def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
+            on_tick: Callable[[], None] | None = None) -> int: ...
+
+
+class ProgressSink(Protocol):
+    def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None: ...
+    def advance(self, stage: str, ok: int, failed: int) -> None: ...
+    def stage_finished(self, stage: str) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class NullProgress:
+    def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None:
+        pass
+
+    def advance(self, stage: str, ok: int, failed: int) -> None:
+        pass
+
+    def stage_finished(self, stage: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
 
 
 @dataclass
@@ -21,127 +61,237 @@ class RunOptions:
     retry: bool = False
     flush_rows: int = 5000
     flush_s: float = 2.0
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     stages: list[str] | None = None  # only these stages (default: all)
 
 
-class _RowWriter:
-    """Buffers rows and writes them as one atomic Parquet part per flush."""
-
-    def __init__(self, sweep: Sweep, stage: str, options: RunOptions) -> None:
-        self.sweep, self.stage, self.options = sweep, stage, options
-        self.rows: list[dict[str, Any]] = []
-        self.last_flush = time.monotonic()
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        self.rows.extend(rows)
-        if len(self.rows) >= self.options.flush_rows:
-            self.flush()
-
-    def tick(self) -> None:
-        if self.rows and time.monotonic() - self.last_flush >= self.options.flush_s:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.sweep.store.write_rows(self.stage, self.rows)
-            self.rows = []
-        self.last_flush = time.monotonic()
+@dataclass
+class StageOutcome:
+    name: str
+    executed: int = 0
+    ok: int = 0
+    failed: int = 0
+    setup_loads: int = 0
+    wall_s: float = 0.0
+    failures: list[RunResult] = field(default_factory=list)
 
 
-def run_stage(sweep: Sweep, name: str, work: Iterator[tuple[Run, int]], total: int, options: RunOptions,
-              progress: ProgressSink, extras: dict[str, dict[str, Any]] | None = None) -> StageOutcome:
-    """Execute `work` ((run, attempt) pairs) for one stage and store every result.
+# ---------------------------------------------------------------- runs known now
 
-    `extras`: per run id, columns added to its rows (a transferred run's `selected_from`).
-    """
-    plan = sweep.plans[name]
-    extras = extras or {}
-    outcome = StageOutcome(name)
-    writer = _RowWriter(sweep, name, options)
-    cache_dir = sweep.scratch()
-    upstream = sweep.upstream_index(name, cache_dir)
-    memory = int(plan.resources.memory) if plan.resources.memory else None
-    runs_by_id: dict[str, Run] = {}
 
-    def items() -> Iterator[WorkItem]:
-        for run, attempt in work:
-            links = {need: table.get(sweep.match_value(run.params, keys), []) for need, (keys, table) in upstream.items()}
-            runs_by_id[run.run_id] = run
-            yield WorkItem(sweep.payload(run, attempt, links, memory), plan.task.setup_key(run.params))
+def stored_stage_runs(stage: StagePlan, store: ResultStore) -> list[Run]:
+    """The stored runs of a tune stage that belong to today's groups, rebuilt from their rows."""
+    fields = list(stage.task.params.model_fields)
+    runs: dict[str, Run] = {}
+    for trial in stored_trials(store, stage.name, fields):
+        if any(group.contains(trial.params) for group in stage.groups):
+            try:
+                run = stage.make_run(trial.params)
+            except SpecError:  # stored under an older version of the task's params
+                continue
+            if run.run_id == trial.run_id:
+                runs[run.run_id] = run
+    return list(runs.values())
 
-    def on_result(item: WorkItem, result: Any) -> None:
-        run = runs_by_id.pop(item.payload.run_id)
-        writer.add(result_rows(run, result, extras.get(run.run_id)))
+
+def known_runs(plan: SweepPlan, store: ResultStore, name: str, resolved: dict[str, list[Run] | None]) -> list[Run] | None:
+    """The runs of stage `name` as far as they can be known now (None: not until upstream runs exist)."""
+    stage = plan.stages[name]
+    if stage.kind == "tune":
+        return stored_stage_runs(stage, store)
+    if stage.kind == "transfer":
+        best = store.best_rows(stage.stage.transfer)  # type: ignore[arg-type]
+        return stage.transfer_runs(best) if best else None
+    if not stage.linked:
+        upstream = {need: resolved.get(need) for need in stage.needs}
+        if any(runs is None for runs in upstream.values()):
+            return None
+        stage.link(upstream)  # type: ignore[arg-type]
+    return list(stage.runs.values())
+
+
+# ---------------------------------------------------------------- one stage
+
+
+class StageRun:
+    """Executes one stage's work and stores every result: the single path of every run."""
+
+    def __init__(self, plan: SweepPlan, store: ResultStore, stage: StagePlan, options: RunOptions,
+                 progress: ProgressSink, resolved: dict[str, list[Run] | None], scratch: Path) -> None:
+        self.plan, self.store, self.stage, self.options, self.progress = plan, store, stage, options, progress
+        self.resolved, self.scratch = resolved, scratch
+        self.states = store.run_states(stage.name)
+        self.outcome = StageOutcome(stage.name)
+        self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s)
+        self.runs: dict[str, Run] = {}
+        self.upstream_states = {need: store.run_states(need) for need in stage.needs}
+        self.upstream_runs = {need: {r.run_id: r for r in resolved.get(need) or []} for need in stage.needs}
+        self.memory = int(stage.resources.memory) if stage.resources.memory else None
+        self.trials: TrialSource | None = None
+
+    def todo(self, runs: list[Run]) -> list[Run]:
+        """Runs never stored, or (with `retry`) whose latest attempt failed."""
+        return [r for r in runs if r.run_id not in self.states
+                or (self.options.retry and self.states[r.run_id].status != OK)]
+
+    def attempt(self, run: Run) -> int:
+        state = self.states.get(run.run_id)
+        return 1 if state is None else state.attempt + 1
+
+    def item(self, run: Run) -> WorkItem:
+        self.runs[run.run_id] = run
+        payload = RunPayload(run.run_id, run.target, run.params, run.seed, self.attempt(run),
+                             self.store.artifact_root(), self.upstream_of(run), self.memory)
+        return WorkItem(payload, self.stage.task.setup_key(run.params))
+
+    def upstream_of(self, run: Run) -> dict[str, list[Upstream]]:
+        links: dict[str, list[Upstream]] = {}
+        for need, ids in run.upstream.items():
+            links[need] = []
+            for run_id in ids:
+                local = self.store.local_artifact_dir(run_id)
+                if local is None:
+                    try:
+                        local = self.store.fetch_artifacts(run_id, self.scratch)
+                    except OSError:
+                        local = self.scratch / run_id  # absent: the run reports missing upstream artifacts
+                links[need].append(Upstream(need, run_id, self.upstream_runs[need][run_id].params, local))
+        return links
+
+    def missing_upstream(self, run: Run) -> str | None:
+        """Why `run` cannot run yet: an upstream run it reads is not stored as ok."""
+        for need, ids in run.upstream.items():
+            for run_id in ids:
+                state: RunState | None = self.upstream_states[need].get(run_id)
+                if state is None or state.status != OK:
+                    status = "not stored" if state is None else f"{state.status} (attempt {state.attempt})"
+                    return f"upstream run {run_id} of stage '{need}' is {status}"
+        return None
+
+    def on_result(self, item: WorkItem, result: RunResult) -> None:
+        run = self.runs.pop(item.payload.run_id)
+        self.writer.add(result_rows(run, result, git_commit(), package_versions()))
         if result.artifact_dir:
-            sweep.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
+            self.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
-        outcome.executed += 1
+        if self.trials is not None:
+            self.trials.finished(run.run_id, result)
+        self.outcome.executed += 1
         if result.status == OK:
-            outcome.ok += 1
-            progress.advance(name, 1, 0)
+            self.outcome.ok += 1
+            self.progress.advance(self.stage.name, 1, 0)
         else:
-            outcome.failed += 1
-            outcome.failures.append(result)
-            progress.advance(name, 0, 1)
+            self.outcome.failed += 1
+            self.outcome.failures.append(result)
+            self.progress.advance(self.stage.name, 0, 1)
 
-    scheduler = StageScheduler(
-        plan.task, plan.resources, plan.stage.retries, cluster.capacity(plan.resources), on_result,
-        options.scheduler, plan.stage.max_workers, on_tick=writer.tick,
-    )
-    start = time.perf_counter()
-    try:
-        scheduler.run(items(), total)
-    finally:
-        writer.flush()
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    outcome.wall_s = time.perf_counter() - start
-    outcome.setup_loads = scheduler.setup_loads
-    return outcome
+    def execute(self, executor: Executor, source: WorkSource) -> None:
+        start = time.perf_counter()
+        try:
+            self.outcome.setup_loads = executor.run(self.stage.execution, source, self.on_result, self.writer.tick)
+        finally:
+            self.writer.flush()
+        self.outcome.wall_s = time.perf_counter() - start
+
+    def runnable(self, runs: list[Run]) -> list[WorkItem]:
+        """Work items for `runs`; a run whose upstream is not ok is stored as `missing_upstream` instead."""
+        items = []
+        for run in runs:
+            reason = self.missing_upstream(run)
+            if reason is None:
+                items.append(self.item(run))
+                continue
+            self.runs[run.run_id] = run
+            item = WorkItem(RunPayload(run.run_id, run.target, run.params, run.seed, self.attempt(run), None))
+            self.on_result(item, RunResult(run.run_id, FAILED, [], time.time(), 0.0, "", None, item.payload.attempt,
+                                           error_type=MISSING_UPSTREAM, error=reason))
+        return items
 
 
-def run_sweep(sweep: Sweep, options: RunOptions | None = None, progress: ProgressSink | None = None,
-              connect: Callable[[], object] | None = None) -> list[StageOutcome]:
+# ---------------------------------------------------------------- the sweep
+
+
+def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executor],
+              options: RunOptions | None = None, progress: ProgressSink | None = None) -> list[StageOutcome]:
     """Run (or with `options.retry`, retry the failed runs of) every stage, in dependency order.
 
-    `connect` attaches to Ray; it is called only once some stage has work, so re-running a finished
-    sweep starts no cluster. Resources are checked against the cluster before any run starts. Holds the
-    sweep's lock throughout.
+    `connect` returns the executor (attaching to Ray for the Ray executor); it is called only once some
+    stage has work, so re-running a finished sweep starts no cluster. Holds the sweep's lock throughout.
     """
     options = options or RunOptions()
     progress = progress or NullProgress()
-    counts = sweep.validate()
-    selected = [s for s in sweep.order if options.stages is None or s in options.stages]
-    connected = False
+    selected = [s for s in plan.order if options.stages is None or s in options.stages]
+    executor: Executor | None = None
 
-    def ensure_cluster() -> None:
-        nonlocal connected
-        if connected:
-            return
-        if connect is not None:
-            connect()
-        nodes = cluster.alive_nodes()
-        for name in selected:
-            cluster.check_feasible(name, sweep.plans[name].resources, nodes)
-        connected = True
+    def ensure_executor() -> Executor:
+        nonlocal executor
+        if executor is None:
+            executor = connect()
+        return executor
 
+    resolved: dict[str, list[Run] | None] = {}
     outcomes = []
-    with SweepLock(sweep.store):
-        sweep.store.remove_stale_temporaries()
-        for name in selected:
-            if not sweep.is_grid_stage(name):
-                from orchestrator.tune import run_selection_stage
-
-                outcomes.append(run_selection_stage(sweep, name, options, progress, ensure_cluster))
-                continue
-            states = sweep.states(name, refresh=True)
-            done = sum(1 for s in states.values() if s.status == OK)
-            work = list(sweep.work_for(name, options.retry))
-            progress.stage_started(name, counts[name], done, len(work))
-            if work:
-                ensure_cluster()
-                outcomes.append(run_stage(sweep, name, iter(work), len(work), options, progress))
-            else:
-                outcomes.append(StageOutcome(name))
-            progress.stage_finished(name)
+    scratch = store.scratch_dir()
+    try:
+        with SweepLock(store):
+            store.remove_stale_temporaries()
+            for name in plan.order:
+                if name in selected:
+                    stage = plan.stages[name]
+                    runner = StageRun(plan, store, stage, options, progress, resolved, scratch)
+                    if stage.kind == "tune":
+                        _run_tune(runner, ensure_executor)
+                    else:
+                        _run_runs(runner, known_runs(plan, store, name, resolved), ensure_executor)
+                    outcomes.append(runner.outcome)
+                resolved[name] = known_runs(plan, store, name, resolved)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return outcomes
+
+
+def _run_runs(runner: StageRun, runs: list[Run] | None, ensure_executor: Callable[[], Executor]) -> None:
+    stage = runner.stage
+    if runs is None:
+        source = stage.stage.transfer or ", ".join(stage.needs)
+        raise SpecError(f"stage '{stage.name}' reads stage '{source}', which has no results yet",
+                        file=stage.loaded.source.file, key=f"stages.{stage.name}")
+    todo = runner.todo(runs)
+    runner.progress.stage_started(stage.name, len(runs), len(runs) - len(todo), len(todo))
+    if todo:
+        items = runner.runnable(todo)
+        if items:
+            runner.execute(ensure_executor(), ListSource(items))
+    runner.progress.stage_finished(stage.name)
+
+
+def _run_tune(runner: StageRun, ensure_executor: Callable[[], Executor]) -> None:
+    stage, store = runner.stage, runner.store
+    tune = stage.stage.tune
+    assert tune is not None
+    fields = list(stage.task.params.model_fields)
+    before = stored_trials(store, stage.name, fields)
+    searches, done = [], 0
+    for group in stage.groups:
+        previous = [t for t in before if group.contains(t.params)]
+        done += min(len(previous), tune.num_samples)
+        missing = tune.num_samples - len(previous)
+        if missing > 0:
+            searches.append(GroupSearch(group, new_study(tune, group, stage.distributions, previous), missing))
+    total = stage.expected or 0
+    runner.progress.stage_started(stage.name, total, done, total - done)
+    if searches:
+        executor = ensure_executor()
+        known = {t.run_id: t.metrics.get(tune.metric, math.nan) for t in before}
+        if not runner.options.retry:  # a stored failure is a failed trial, not re-run (retry re-runs it)
+            known.update({run_id: math.nan for run_id, s in runner.states.items() if s.status != OK})
+        runner.trials = TrialSource(tune, stage.distributions, searches, stage.make_run, runner.item,
+                                    tune.max_concurrent or executor.slots(stage.resources), known)
+        runner.execute(executor, runner.trials)
+    after = stored_trials(store, stage.name, fields)
+    best = best_rows(tune, stage.groups, after, stage.constraints, time.time())
+    store.write_best(stage.name, best)
+    infeasible = [row["group"] for row in best if not row["feasible"]]
+    if infeasible:
+        runner.progress.note(f"stage {stage.name}: no trial met the constraints in group(s) "
+                             f"{'; '.join(infeasible)}; they are not transferred")
+    runner.progress.stage_finished(stage.name)

@@ -15,16 +15,19 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from orchestrator.execute import RunPayload, RunResult, SetupCache, execute_chunk, worker_cache
-from orchestrator.registry import TaskDef
-from orchestrator.spec import Resources, Retries
+from orchestrator import cluster
+from orchestrator.execute import (
+    OnResult, RunPayload, RunResult, SetupCache, StageExecution, WorkItem, WorkSource, execute_chunk, worker_cache,
+)
+from orchestrator.schema import FAILED, OK
+from orchestrator.spec import Resources
 
 SYSTEM_ERRORS = {
     "OutOfMemoryError": "out_of_memory",
@@ -59,14 +62,6 @@ class RunWorker:
 
 
 @dataclass
-class WorkItem:
-    payload: RunPayload
-    setup_key: Any = None
-    system_failures: int = 0
-    errors: int = 0
-
-
-@dataclass
 class SchedulerConfig:
     target_chunk_s: float = 0.25
     max_chunk: int = 512
@@ -90,27 +85,44 @@ def _system_error_type(exc: BaseException) -> str | None:
     return "ray_error" if isinstance(exc, RayError) else None
 
 
+class RayExecutor:
+    """The default executor: each stage's work on the Ray cluster `cluster.connect` attached to."""
+
+    name = "ray"
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+
+    def slots(self, resources: Resources) -> int:
+        return max(1, cluster.capacity(resources))
+
+    def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
+            on_tick: Callable[[], None] | None = None) -> int:
+        """Drive every item of `source` to a final result; returns the setups (model loads) performed."""
+        scheduler = StageScheduler(stage, self.slots(stage.resources), on_result, self.config, on_tick)
+        scheduler.run(source)
+        return scheduler.setup_loads
+
+
 class StageScheduler:
     """Executes one stage's work items on Ray and hands every final `RunResult` to `on_result`."""
 
     def __init__(
         self,
-        task: TaskDef,
-        resources: Resources,
-        retries: Retries,
+        stage: StageExecution,
         slots: int,
-        on_result: Callable[[WorkItem, RunResult], None],
+        on_result: OnResult,
         config: SchedulerConfig | None = None,
-        max_workers: int | None = None,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
-        self.task, self.resources, self.retries = task, resources, retries
+        self.task, self.resources, self.retries = stage.task, stage.resources, stage.retries
         self.config = config or SchedulerConfig()
+        max_workers = stage.max_workers
         self.slots = max(1, min(slots, max_workers) if max_workers else slots)
         self.max_workers = max_workers
         self.on_result, self.on_tick = on_result, on_tick
-        self.uses_actors = task.setup is not None
-        self.options = resources.ray_options()
+        self.uses_actors = self.task.setup is not None
+        self.options = cluster.ray_options(self.resources)
         self.mean_run_s: float | None = None
         self.retry_heap: list[tuple[float, int, WorkItem]] = []
         self.counter = itertools.count()
@@ -158,24 +170,19 @@ class StageScheduler:
         self.actor_key[actor] = items[0].setup_key
 
     # ---------------------------------------------------------------- the loop
-    def run(self, items: Iterator[WorkItem], total: int) -> None:
-        """Drive all items to a final result. `total` only sizes chunks."""
-        source = iter(items)
+    def run(self, source: WorkSource) -> None:
+        """Drive every item of `source` to a final result."""
         queued: dict[Any, deque[WorkItem]] = {}  # setup key -> items waiting (actors) or one queue
-        exhausted = False
-        remaining = total
         # max_workers is a hard cap on concurrent runs; otherwise keep a few chunks queued per slot
         window = self.max_workers or self.slots * self.config.chunks_per_slot
         lookahead = 0
 
         def pull(n: int) -> None:
-            nonlocal exhausted, lookahead
-            got = 0
-            for item in itertools.islice(source, n):
+            nonlocal lookahead
+            items = source.take(n)
+            for item in items:
                 queued.setdefault(item.setup_key, deque()).append(item)
-                got += 1
-            lookahead += got
-            exhausted = got < n
+            lookahead += len(items)
 
         def take(key: Any, n: int) -> list[WorkItem]:
             nonlocal lookahead
@@ -195,18 +202,20 @@ class StageScheduler:
                 queued.setdefault(item.setup_key, deque()).appendleft(item)
                 lookahead += 1
             while len(self.in_flight) < window:
-                size = self._chunk_size(max(remaining, 1))
-                if not exhausted and lookahead < max(size * 2, 64):
+                size = self._chunk_size(max(source.remaining + lookahead, 1))
+                if not source.exhausted and lookahead < max(size * 2, 64):
                     pull(max(size * 4, 256))
                 if not queued:
                     break
                 if not self._dispatch(take, queued, size):
                     break
             if not self.in_flight:
-                if not queued and exhausted and not self.retry_heap:
+                if not queued and source.exhausted and not self.retry_heap:
                     break
                 if self.retry_heap:
                     time.sleep(max(0.0, min(0.5, self.retry_heap[0][0] - time.perf_counter())))
+                elif not queued:
+                    raise RuntimeError("the work source has nothing to run and nothing in flight")
                 continue
             ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
             if ready:
@@ -214,7 +223,7 @@ class StageScheduler:
                                    timeout=0) if len(self.in_flight) > 1 else ([], [])
                 ready += more
             for ref in ready:
-                remaining -= self._collect(ref)
+                self._collect(ref)
             if self.on_tick:
                 self.on_tick()
         self.setup_loads = self.actor_setup_loads()
@@ -248,8 +257,8 @@ class StageScheduler:
             return True
         return False
 
-    def _collect(self, ref: Any) -> int:
-        """Handle a finished chunk; returns how many runs reached a final result."""
+    def _collect(self, ref: Any) -> None:
+        """Handle a finished chunk: final results to `on_result`, retries to the retry heap."""
         chunk = self.in_flight.pop(ref)
         if chunk.actor is not None and chunk.actor in self.actor_load:
             self.actor_load[chunk.actor] -= 1
@@ -258,22 +267,19 @@ class StageScheduler:
         except Exception as exc:  # noqa: BLE001 - classify every Ray failure
             if chunk.actor is not None:
                 self._drop_actor(chunk.actor)
-            return self._system_failure(chunk.items, exc)
+            self._system_failure(chunk.items, exc)
+            return
         self._observe(results)
-        final = 0
-        for item, result in zip(chunk.items, results):
-            if result.status != "ok" and item.errors < self.retries.errors:
+        for item, result in zip(chunk.items, results, strict=True):
+            if result.status != OK and item.errors < self.retries.errors:
                 item.errors += 1
                 item.payload.attempt += 1
                 self._schedule_retry(item, item.errors)
                 continue
             self.on_result(item, result)
-            final += 1
-        return final
 
-    def _system_failure(self, items: list[WorkItem], exc: BaseException) -> int:
+    def _system_failure(self, items: list[WorkItem], exc: BaseException) -> None:
         error_type = _system_error_type(exc) or "worker_error"
-        final = 0
         for item in items:
             if item.system_failures < self.retries.system:
                 item.system_failures += 1
@@ -282,12 +288,10 @@ class StageScheduler:
                 continue
             message = f"{type(exc).__name__}: {exc}"
             self.on_result(item, RunResult(
-                run_id=item.payload.run_id, status="failed", rows=[], started_at=time.time(), duration_s=0.0,
+                run_id=item.payload.run_id, status=FAILED, rows=[], started_at=time.time(), duration_s=0.0,
                 node="", gpu=None, attempt=item.payload.attempt, error_type=error_type,
                 error=message.splitlines()[0][:4000], traceback=message[-20000:],
             ))
-            final += 1
-        return final
 
     def _schedule_retry(self, item: WorkItem, tries: int) -> None:
         delay = min(self.retries.backoff_s * 2 ** (tries - 1), 60.0)

@@ -130,16 +130,6 @@ class Resources(_Strict):
                 raise ValueError(f"custom resource '{name}' must be >= 0, got {amount}")
         return value
 
-    def ray_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        if self.memory:
-            options["memory"] = int(self.memory)
-        if self.accelerator_type:
-            options["accelerator_type"] = self.accelerator_type
-        if self.custom:
-            options["resources"] = dict(self.custom)
-        return options
-
     def describe(self) -> str:
         parts = [f"cpu={self.num_cpus:g}"]
         if self.num_gpus:

@@ -1,4 +1,10 @@
-"""Parquet result store: `<root>/<sweep>/<stage>/part-*.parquet`, artifacts under `<root>/<sweep>/artifacts/`.
+"""Parquet result store; it owns every path under the results root.
+
+    <root>/<sweep>/<stage>/part-*.parquet    rows, one atomic part per flush
+    <root>/<sweep>/<stage>/best.parquet      a tune stage's selected config per group
+    <root>/<sweep>/artifacts/<run_id>/       files a run kept (arrays, weights)
+    <root>/<sweep>/report/                   figures written by `report`
+    <root>/<sweep>/.lock                     held by the one driver running the sweep
 
 - Each part is written under a hidden temporary name, then renamed: no half-written file is ever visible.
 - What is finished is read from the data itself (no side database to drift out of sync).
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 import warnings
@@ -24,10 +31,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError
+from orchestrator.schema import COLUMN_TYPES
 
 PART_PREFIX = "part-"
 QUARANTINE = "_quarantine"
-OK, FAILED = "ok", "failed"
+BEST_FILE = "best.parquet"
+ARTIFACTS, REPORT = "artifacts", "report"
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str, bool]:
@@ -44,16 +53,6 @@ class RunState:
 
     status: str
     attempt: int
-
-
-# Columns the orchestrator writes, typed even when a batch holds only nulls (so parts concatenate).
-COLUMN_TYPES = {
-    "run_id": pa.string(), "sweep": pa.string(), "stage": pa.string(), "task": pa.string(),
-    "task_version": pa.int64(), "seed": pa.int64(), "status": pa.string(), "error_type": pa.string(),
-    "error": pa.string(), "traceback": pa.string(), "attempt": pa.int64(), "duration_s": pa.float64(),
-    "started_at": pa.timestamp("us", tz="UTC"), "node": pa.string(), "gpu": pa.string(),
-    "git_commit": pa.string(), "versions": pa.string(),
-}
 
 
 def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -97,11 +96,22 @@ class ResultStore:
     def stage_dir(self, stage: str) -> str:
         return f"{self.base}/{stage}"
 
+    def artifact_root(self) -> str | None:
+        """The local directory workers publish artifacts into, or None for a remote store."""
+        return f"{self.base}/{ARTIFACTS}" if self.is_local else None
+
     def artifact_dir(self, run_id: str) -> str:
-        return f"{self.base}/artifacts/{run_id}"
+        return f"{self.base}/{ARTIFACTS}/{run_id}"
 
     def best_path(self, stage: str) -> str:
-        return f"{self.stage_dir(stage)}/best.parquet"
+        return f"{self.stage_dir(stage)}/{BEST_FILE}"
+
+    def report_dir(self) -> Path:
+        return Path(self.base) / REPORT
+
+    def scratch_dir(self) -> Path:
+        """A fresh local directory for one command (fetched upstream artifacts of a remote store)."""
+        return Path(tempfile.mkdtemp(prefix=f"sweep-{self.sweep}-"))
 
     # -- writing
     def write_rows(self, stage: str, rows: list[dict[str, Any]]) -> str | None:
@@ -143,7 +153,8 @@ class ResultStore:
         return sorted(
             i.base_name
             for i in self.fs.get_file_info(selector)
-            if i.type == pafs.FileType.Directory and i.base_name not in ("artifacts",) and not i.base_name.startswith(".")
+            if i.type == pafs.FileType.Directory and i.base_name not in (ARTIFACTS, REPORT)
+            and not i.base_name.startswith(".")
         )
 
     def _quarantine(self, path: str, reason: str) -> None:
@@ -196,6 +207,18 @@ class ResultStore:
                 states[run_id] = RunState(status, attempt)
         return states
 
+    def best_rows(self, stage: str) -> list[dict[str, Any]]:
+        """A tune stage's `best.parquet` rows ([] before its selection ran)."""
+        path = self.best_path(stage)
+        if not self.fs.get_file_info(path).is_file:
+            return []
+        with self.fs.open_input_file(path) as handle:
+            rows: list[dict[str, Any]] = pq.read_table(handle).to_pylist()
+        return rows
+
+    def write_best(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        self.write_table(stage, pa.Table.from_pylist(rows), name=BEST_FILE)
+
     # -- artifacts
     def local_artifact_dir(self, run_id: str) -> Path | None:
         """The artifact directory as a local path (local roots only)."""
@@ -239,7 +262,35 @@ def latest_attempts(table: pa.Table) -> pa.Table:
     return table.filter(pc.equal(table["attempt"], wanted))
 
 
-def load_results(root: str, sweep: str, stage: str, latest: bool = True) -> "Any":
+class RowWriter:
+    """Buffers one stage's rows and writes them as one atomic Parquet part per flush.
+
+    A flush happens every `flush_rows` rows, or on `tick()` once `flush_s` passed since the last one,
+    so a killed driver loses at most the rows of the last few seconds (their runs are re-run on resume).
+    """
+
+    def __init__(self, store: ResultStore, stage: str, flush_rows: int = 5000, flush_s: float = 2.0) -> None:
+        self.store, self.stage, self.flush_rows, self.flush_s = store, stage, flush_rows, flush_s
+        self.rows: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+
+    def tick(self) -> None:
+        if self.rows and time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.store.write_rows(self.stage, self.rows)
+            self.rows = []
+        self.last_flush = time.monotonic()
+
+
+def load_results(root: str, sweep: str, stage: str, latest: bool = True) -> Any:
     """A stage's rows as a pandas DataFrame (the public reading API)."""
     return ResultStore(root, sweep).read_stage(stage, latest=latest).to_pandas()
 

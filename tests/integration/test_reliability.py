@@ -20,17 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.runner import run_sweep
+from orchestrator.api import open_sweep, run_spec
+from orchestrator.status import StageSummary, summarize
 from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
 from orchestrator.store import load_results
 from tests.helpers import executing_workers
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def sweep_of(spec: Path, results: Path) -> Sweep:
-    return Sweep(load_spec(spec), str(results))
+def summaries_of(spec: Path, results: Path) -> list[StageSummary]:
+    return summarize(*open_sweep(spec, results))
 
 
 @pytest.mark.slow
@@ -66,14 +66,14 @@ def test_worker_kills_lose_and_duplicate_nothing(write_spec, tmp_path: Path) -> 
     thread = threading.Thread(target=killer)
     thread.start()
     try:
-        outcome, = run_sweep(sweep_of(spec, tmp_path / "disturbed"))
+        outcome, = run_spec(spec, tmp_path / "disturbed")
     finally:
         done.set()
         thread.join()
     assert len(killed) >= 20, f"only {len(killed)} kills landed"
     disturbed = load_results(str(tmp_path / "disturbed"), "kills", "s", latest=False)
     assert outcome.failed == 0 and len(disturbed) == 200 and disturbed.run_id.is_unique
-    calm, = run_sweep(sweep_of(spec, tmp_path / "calm"))
+    calm, = run_spec(spec, tmp_path / "calm")
     undisturbed = load_results(str(tmp_path / "calm"), "kills", "s")
     merged = disturbed.merge(undisturbed, on="run_id", suffixes=("", "_calm"))
     assert len(merged) == 200 and (merged.value == merged.value_calm).all()
@@ -85,9 +85,8 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     import json, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-    from orchestrator.runner import run_sweep
-    from orchestrator.spec import load_spec
-    from orchestrator.stages import Sweep
+    from orchestrator.api import open_sweep, run_spec
+from orchestrator.status import StageSummary, summarize
     from orchestrator.store import load_results
 
     spec, results = sys.argv[1], sys.argv[2]
@@ -99,7 +98,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
         time.sleep(3)
         cluster.remove_node(worker)
     threading.Thread(target=remove).start()
-    outcome, = run_sweep(Sweep(load_spec(spec), results))
+    outcome, = run_spec(spec, results)
     df = load_results(results, "nodeloss", "s", latest=False)
     print(json.dumps({"rows": len(df), "unique": int(df.run_id.nunique()), "failed": outcome.failed,
                       "retried": int((df.attempt > 1).sum()), "nodes": sorted(set(df.node)),
@@ -163,7 +162,7 @@ def test_corrupted_and_foreign_parquet_files(write_spec, tmp_path: Path) -> None
     # Invariant: a corrupted part is quarantined (its runs recomputed), a foreign one ignored; nothing else lost.
     spec = write_spec("name: files\nstages:\n  s: {task: demo.noop, params: {i: {range: [0, 20]}}}\n")
     results = tmp_path / "r"
-    run_sweep(sweep_of(spec, results))
+    run_spec(spec, results)
     stage_dir = results / "files" / "s"
     (good,) = list(stage_dir.glob("part-*.parquet"))
     data = good.read_bytes()
@@ -171,7 +170,7 @@ def test_corrupted_and_foreign_parquet_files(write_spec, tmp_path: Path) -> None
     pq.write_table(pa.table({"a": [1, 2]}), stage_dir / "part-foreign.parquet")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        outcome, = run_sweep(sweep_of(spec, results))
+        outcome, = run_spec(spec, results)
     messages = " ".join(str(w.message) for w in caught)
     assert "unreadable results file moved to" in messages and "not a results file of this tool" in messages
     assert outcome.executed == 20
@@ -190,10 +189,10 @@ def test_missing_upstream_artifact_is_a_clear_failure(write_spec, tmp_path: Path
           total: {task: demo.vector_sum, needs: [vec], params: {length: 3, power: {grid: [1]}}}
     """)
     results = tmp_path / "r"
-    run_sweep(sweep_of(spec, results))
+    run_spec(spec, results)
     shutil.rmtree(results / "dag" / "artifacts")
     spec.write_text(spec.read_text().replace("grid: [1]", "grid: [1, 2]"))
-    outcome = run_sweep(sweep_of(spec, results))[1]
+    outcome = run_spec(spec, results)[1]
     assert outcome.failed == 1
     df = load_results(str(results), "dag", "total").set_index("power")
     assert df.loc[2, "error_type"] == "missing_upstream" and "artifacts" in df.loc[2, "error"]
@@ -205,11 +204,11 @@ def test_changed_spec_adds_new_runs_and_reports_removed(write_spec, tmp_path: Pa
     # Invariant: new parameter values create new run ids; removed ones are reported and kept, never deleted.
     spec = write_spec("name: drift\nstages:\n  s: {task: demo.noop, params: {i: {grid: [1, 2, 3]}}}\n")
     results = tmp_path / "r"
-    run_sweep(sweep_of(spec, results))
+    run_spec(spec, results)
     spec.write_text(spec.read_text().replace("[1, 2, 3]", "[2, 3, 4]"))
-    outcome, = run_sweep(sweep_of(spec, results))
+    outcome, = run_spec(spec, results)
     assert outcome.executed == 1
-    summary, = sweep_of(spec, results).summaries()
+    summary, = summaries_of(spec, results)
     assert (summary.total, summary.ok, summary.stored_not_in_spec) == (3, 3, 1)
     assert sorted(load_results(str(results), "drift", "s").i) == [1, 2, 3, 4]
 

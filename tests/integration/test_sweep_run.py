@@ -8,16 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import ResourceError, StoreError
-from orchestrator.runner import RunOptions, run_sweep
-from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
+from orchestrator.api import open_sweep, run_spec
+from orchestrator.runner import RunOptions
 from orchestrator.store import SweepLock, load_results
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def sweep_of(spec: Path, results: Path, overrides: list[str] | None = None) -> Sweep:
-    return Sweep(load_spec(spec, overrides or []), str(results))
+
 
 
 def test_rows_params_provenance_and_resume(write_spec, tmp_path: Path) -> None:
@@ -29,7 +27,7 @@ def test_rows_params_provenance_and_resume(write_spec, tmp_path: Path) -> None:
             task: demo.quadratic
             params: {x: {grid: [0, 1, 2]}, y: {range: [-3, 0]}, noise: 0.0}
     """)
-    outcome, = run_sweep(sweep_of(spec, tmp_path / "r"))
+    outcome, = run_spec(spec, tmp_path / "r")
     assert (outcome.executed, outcome.ok, outcome.failed) == (9, 9, 0)
     df = load_results(str(tmp_path / "r"), "quad", "grid")
     assert len(df) == 9 and df["run_id"].is_unique
@@ -38,7 +36,7 @@ def test_rows_params_provenance_and_resume(write_spec, tmp_path: Path) -> None:
     for column in ("git_commit", "versions", "node", "started_at", "duration_s", "task_version", "seed"):
         assert column in df.columns
     assert '"ray"' in row["versions"] and row["node"]
-    again, = run_sweep(sweep_of(spec, tmp_path / "r"))
+    again, = run_spec(spec, tmp_path / "r")
     assert again.executed == 0
     assert len(load_results(str(tmp_path / "r"), "quad", "grid")) == 9
 
@@ -54,7 +52,7 @@ def test_failures_are_rows_and_retry_supersedes(write_spec, tmp_path: Path) -> N
             task: demo.flaky
             params: {{i: {{range: [0, 10]}}, fail_if_divisible_by: 4, fail_while_file_exists: "{marker}"}}
     """)
-    outcome, = run_sweep(sweep_of(spec, tmp_path / "r"))
+    outcome, = run_spec(spec, tmp_path / "r")
     assert (outcome.ok, outcome.failed) == (7, 3)
     df = load_results(str(tmp_path / "r"), "flaky", "s")
     failed = df[df.status == "failed"]
@@ -62,9 +60,9 @@ def test_failures_are_rows_and_retry_supersedes(write_spec, tmp_path: Path) -> N
     assert set(failed.error_type) == {"task_error"}
     assert failed.error.str.contains("planted failure").all()
     assert failed.traceback.str.contains("Traceback").all()
-    assert run_sweep(sweep_of(spec, tmp_path / "r"))[0].executed == 0  # run does not retry
+    assert run_spec(spec, tmp_path / "r")[0].executed == 0  # run does not retry
     marker.unlink()
-    retried, = run_sweep(sweep_of(spec, tmp_path / "r"), RunOptions(retry=True))
+    retried, = run_spec(spec, tmp_path / "r", None, RunOptions(retry=True))
     assert (retried.executed, retried.ok) == (3, 3)
     latest = load_results(str(tmp_path / "r"), "flaky", "s")
     assert len(latest) == 10 and (latest.status == "ok").all()
@@ -83,7 +81,7 @@ def test_error_retries_when_the_stage_asks(write_spec, tmp_path: Path) -> None:
             retries: {errors: 2, backoff_s: 0.01}
             params: {i: {grid: [3, 5]}, fail_if_divisible_by: 3}
     """)
-    outcome, = run_sweep(sweep_of(spec, tmp_path / "r"))
+    outcome, = run_spec(spec, tmp_path / "r")
     df = load_results(str(tmp_path / "r"), "flaky2", "s").set_index("i")
     assert outcome.failed == 1
     assert df.loc[3, "status"] == "failed" and df.loc[3, "attempt"] == 3
@@ -103,7 +101,7 @@ def test_needs_passes_real_artifacts(write_spec, tmp_path: Path) -> None:
             needs: [vec]
             params: {length: {grid: [3, 5]}, scale: 2.0, power: 2}
     """)
-    run_sweep(sweep_of(spec, tmp_path / "r"))
+    run_spec(spec, tmp_path / "r")
     vec = load_results(str(tmp_path / "r"), "dag", "vec").set_index("length")
     total = load_results(str(tmp_path / "r"), "dag", "total").set_index("length")
     for length in (3, 5):
@@ -122,7 +120,7 @@ def test_half_gpu_runs_never_exceed_four_at_once(write_spec, tmp_path: Path) -> 
             resources: {num_cpus: 0, num_gpus: 0.5}
             params: {i: {range: [0, 16]}, seconds: 0.4}
     """)
-    run_sweep(sweep_of(spec, tmp_path / "r"))
+    run_spec(spec, tmp_path / "r")
     df = load_results(str(tmp_path / "r"), "gpu", "s")
     assert len(df) == 16 and (df.gpu_ids != "").all()
     assert set(df.gpu_ids) <= {"0", "1"} and (df.device == "cuda").all()
@@ -142,7 +140,7 @@ def test_infeasible_resources_are_refused_before_running(write_spec, tmp_path: P
           s: {task: demo.noop, resources: {num_gpus: 4}, params: {i: 1}}
     """)
     with pytest.raises(ResourceError, match="no node can provide"):
-        run_sweep(sweep_of(spec, tmp_path / "r"))
+        run_spec(spec, tmp_path / "r")
     assert not list((tmp_path / "r").rglob("*.parquet"))
 
 
@@ -156,7 +154,7 @@ def test_memory_reservation_is_enforced_per_run(write_spec, tmp_path: Path) -> N
             resources: {num_cpus: 1, memory: 200MiB}
             params: {megabytes: {grid: [10, 600]}}
     """)
-    outcome, = run_sweep(sweep_of(spec, tmp_path / "r"))
+    outcome, = run_spec(spec, tmp_path / "r")
     df = load_results(str(tmp_path / "r"), "mem", "s").set_index("megabytes")
     assert df.loc[10, "status"] == "ok"
     assert df.loc[600, "status"] == "failed" and df.loc[600, "error_type"] == "memory_limit"
@@ -169,7 +167,7 @@ def test_parts_are_written_atomically_and_batched(write_spec, tmp_path: Path) ->
         stages:
           s: {task: demo.noop, params: {i: {range: [0, 300]}}}
     """)
-    run_sweep(sweep_of(spec, tmp_path / "r"))
+    run_spec(spec, tmp_path / "r")
     stage_dir = tmp_path / "r" / "many" / "s"
     parts = sorted(stage_dir.glob("part-*.parquet"))
     assert 1 <= len(parts) <= 5
@@ -180,7 +178,7 @@ def test_parts_are_written_atomically_and_batched(write_spec, tmp_path: Path) ->
 def test_second_driver_is_refused(write_spec, tmp_path: Path) -> None:
     # Invariant: two drivers on one sweep cannot interleave; the second gets a clear message.
     spec = write_spec("name: locked\nstages:\n  s: {task: demo.noop, params: {i: 1}}\n")
-    sweep = sweep_of(spec, tmp_path / "r")
-    with SweepLock(sweep.store):
+    _, store = open_sweep(spec, tmp_path / "r")
+    with SweepLock(store):
         with pytest.raises(StoreError, match="is being run by pid"):
-            run_sweep(sweep_of(spec, tmp_path / "r"))
+            run_spec(spec, tmp_path / "r")

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import run_sweep
-from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
+from orchestrator.api import open_sweep, run_spec
 from orchestrator.store import load_results
-from orchestrator.tune import read_best
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -38,10 +35,10 @@ def test_val_best_test_flow_and_resume(write_spec, tmp_path: Path) -> None:
     # goes to best.parquet and runs on "test" params; a re-run executes nothing new.
     spec = write_spec(SPEC.format(constraints="[]"))
     results = tmp_path / "r"
-    val, test = run_sweep(Sweep(load_spec(spec), str(results)))
+    val, test = run_spec(spec, str(results))
     trials = load_results(str(results), "tuned", "val")
     assert len(trials) == 12 and trials.groupby("y").size().to_dict() == {-2.0: 6, 0.0: 6}
-    best = {row["group"]: row for row in read_best(Sweep(load_spec(spec), str(results)).store, "val")}
+    best = {row["group"]: row for row in open_sweep(spec, results)[1].best_rows("val")}
     for y in (-2.0, 0.0):
         group = trials[trials.y == y]
         chosen = best[f"y={y}"]
@@ -53,7 +50,7 @@ def test_val_best_test_flow_and_resume(write_spec, tmp_path: Path) -> None:
     for _, row in tested.iterrows():
         origin = trials.set_index("run_id").loc[row.selected_from]
         assert (row.x, row.y) == (origin.x, origin.y)
-    again = run_sweep(Sweep(load_spec(spec), str(results)))
+    again = run_spec(spec, str(results))
     assert [o.executed for o in again] == [0, 0]
     assert len(load_results(str(results), "tuned", "val")) == 12
 
@@ -62,10 +59,10 @@ def test_selection_honours_constraints(write_spec, tmp_path: Path) -> None:
     # Invariant: the chosen trial satisfies the constraint even when a better unconstrained one exists.
     spec = write_spec(SPEC.format(constraints='["loss >= 2.0"]'))
     results = tmp_path / "r"
-    run_sweep(Sweep(load_spec(spec), str(results)), )
+    run_spec(spec, str(results))
     trials = load_results(str(results), "tuned", "val")
     bound = []
-    for row in read_best(Sweep(load_spec(spec), str(results)).store, "val"):
+    for row in open_sweep(spec, results)[1].best_rows("val"):
         group = trials[trials.y == float(row["group"].split("=")[1])]
         allowed = group[group.loss >= 2.0]
         if allowed.empty:
@@ -81,6 +78,6 @@ def test_relative_results_root_reaches_tune_trials(write_spec, tmp_path: Path, m
     # working directories land in the same store as the driver's.
     monkeypatch.chdir(tmp_path)
     spec = write_spec(SPEC.format(constraints="[]").replace("num_samples: 6", "num_samples: 2"))
-    run_sweep(Sweep(load_spec(spec), "results"))
+    run_spec(spec, "results")
     assert len(load_results(str(tmp_path / "results"), "tuned", "val")) == 4
     assert len(load_results(str(tmp_path / "results"), "tuned", "test")) == 4

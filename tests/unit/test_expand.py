@@ -13,8 +13,8 @@ import pytest
 
 from orchestrator.expand import parse_params
 from orchestrator.runs import make_run_id
+from orchestrator.plan import build_plan
 from orchestrator.spec import SpecSource, load_spec
-from orchestrator.stages import Sweep
 
 
 def expand(params: dict) -> list[dict]:
@@ -84,8 +84,8 @@ def test_run_ids_are_canonical_across_spellings(tmp_path: Path) -> None:
           a: {task: demo.quadratic, params: {x: 1}}
           b: {task: demo.quadratic, params: {x: 1.0, y: 0.0}}
     """))
-    sweep = Sweep(load_spec(spec), str(tmp_path))
-    (a,), (b,) = list(sweep.plans["a"].runs()), list(sweep.plans["b"].runs())
+    plan = build_plan(load_spec(spec))
+    (a,), (b,) = plan.stages["a"].runs.values(), plan.stages["b"].runs.values()
     assert a.run_id == b.run_id == "e6c2c935820453f1"
 
 
@@ -102,7 +102,7 @@ def test_overrides_hydra_style(tmp_path: Path) -> None:
     spec.write_text("name: s\nstages:\n  a: {task: demo.quadratic, params: {x: 1, noise: 0.5}}\n")
     loaded = load_spec(spec, ["x={grid: [3, 4]}", "stages.a.params.y=2", "name=t"])
     assert loaded.name == "t"
-    runs = [r.params for r in Sweep(loaded, str(tmp_path)).plans["a"].runs()]
+    runs = [r.params for r in build_plan(loaded).stages["a"].runs.values()]
     assert [(r["x"], r["y"], r["noise"]) for r in runs] == [(3.0, 2.0, 0.5), (4.0, 2.0, 0.5)]
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
+from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
 
 GOOD_STAGE = """\
 name: s
@@ -121,7 +121,7 @@ def test_malformed_spec_is_refused_with_location(tmp_path: Path, case_id: str, t
     path = tmp_path / f"{case_id}.yaml"
     path.write_text(text)
     with pytest.raises(SpecError) as info:
-        Sweep(load_spec(path, overrides), str(tmp_path / "results")).validate()
+        build_plan(load_spec(path, overrides))
     message = str(info.value)
     if "<command line>" not in expected:
         assert message.startswith(str(path)), message
@@ -143,4 +143,4 @@ def test_missing_file() -> None:
 def test_good_spec_loads(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text(textwrap.dedent(GOOD_STAGE))
-    assert Sweep(load_spec(path), str(tmp_path)).validate() == {"a": 2}
+    assert build_plan(load_spec(path)).counts() == {"a": 2}

@@ -165,7 +165,7 @@ def test_report_hooks_resolve(planted_lm, tmp_path):
 
 def test_rows_never_reuse_parameter_or_orchestrator_names(planted_lm):
     """Stored rows carry the run's params too: a row column may not shadow a parameter or a reserved name."""
-    from orchestrator.stages import RESERVED_COLUMNS
+    from orchestrator.schema import RESERVED_COLUMNS
     from tasks.probing import task as t
 
     runs = [

@@ -1,0 +1,249 @@
+"""The plan: a spec loaded, expanded and validated once per command; every later step reads it.
+
+Per stage the plan holds the task, its resources and retries, and
+- a grid stage: its distinct runs (points that validate to the same params are one run) with their
+  lineage-addressed ids, and for each run the upstream runs it reads;
+- a tune stage: its groups, search space and constraints (trials are made by `make_run`);
+- a transfer stage: its own params, expanded, to lay over each group's selected config.
+A stage that `needs` a tune or transfer stage gets its runs once that stage's runs are known
+(`link`), since its run ids include theirs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from orchestrator.errors import SpecError, UnknownTaskError
+from orchestrator.execute import StageExecution
+from orchestrator.expand import ParamSpace, parse_params
+from orchestrator.registry import TaskDef, get_task
+from orchestrator.runs import Run, canonical_json, make_run_id
+from orchestrator.schema import param_column
+from orchestrator.select import Constraint
+from orchestrator.spec import KeyPath, LoadedSpec, Resources, Stage, stage_order
+from orchestrator.tune import Group, corner, corner_values, parse_constraints, parse_space
+
+StageKind = Literal["grid", "tune", "transfer"]
+
+
+def match_value(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
+    """The values of `keys` in `params`, as compared when matching runs to upstream runs."""
+    return tuple(param_column(params.get(k)) for k in keys)
+
+
+@dataclass
+class StagePlan:
+    sweep: str
+    name: str
+    kind: StageKind
+    stage: Stage
+    task: TaskDef
+    resources: Resources
+    space: ParamSpace
+    loaded: LoadedSpec
+    needs: list[str] = field(default_factory=list)
+    match_keys: dict[str, list[str]] = field(default_factory=dict)  # need -> parameters both stages set
+    runs: dict[str, Run] = field(default_factory=dict)  # grid: distinct runs in spec order
+    points: int = 0  # grid: points expanded (runs + merged duplicates)
+    linked: bool = False  # grid: runs (and their ids) are known
+    distributions: dict[str, Any] = field(default_factory=dict)  # tune
+    constraints: list[Constraint] = field(default_factory=list)  # tune
+    groups: list[Group] = field(default_factory=list)  # tune
+    overlay: list[dict[str, Any]] = field(default_factory=list)  # transfer: its own params, expanded
+
+    def path(self, *keys: str | int) -> KeyPath:
+        return ("stages", self.name, *keys)
+
+    @property
+    def duplicates(self) -> int:
+        return self.points - len(self.runs)
+
+    @property
+    def execution(self) -> StageExecution:
+        return StageExecution(self.task, self.resources, self.stage.retries, self.stage.max_workers)
+
+    @property
+    def expected(self) -> int | None:
+        """Runs of a tune stage (trials per group x groups), or a linked grid stage; else None."""
+        if self.kind == "tune":
+            return len(self.groups) * self.stage.tune.num_samples  # type: ignore[union-attr]
+        return len(self.runs) if self.kind == "grid" and self.linked else None
+
+    def make_run(self, params: dict[str, Any], upstream: dict[str, tuple[str, ...]] | None = None,
+                 selected_from: str | None = None) -> Run:
+        """Validate `params` against the task's model and address the run by its lineage."""
+        validated = self.validate(params)
+        upstream = upstream or {}
+        ids = [i for group in upstream.values() for i in group]
+        return Run(self.sweep, self.name, self.task.name, self.task.target, self.task.version, validated,
+                   make_run_id(self.task.name, self.task.version, validated, ids, selected_from),
+                   upstream, selected_from)
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        model = self.task.params
+        try:
+            validated: dict[str, Any] = model.model_validate(params).model_dump(mode="json")
+            return validated
+        except ValidationError as exc:
+            raise self._param_error(exc) from None
+
+    def _param_error(self, exc: ValidationError) -> SpecError:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        known = sorted(self.task.params.model_fields)
+        owner = self.space.owners.get(name)
+        path = self.path("params", owner) if owner else self.path("params")
+        source = self.loaded.source
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return source.error(path, f"unknown parameter '{name}' for task {self.task.name}",
+                                hint=f"{hint}known: {', '.join(known)}")
+        if error["type"] == "missing":
+            return source.error(self.path("params"), f"missing required parameter '{name}' for task {self.task.name}")
+        where = ".".join(str(p) for p in error["loc"])
+        return source.error(path, f"parameter '{where}' of task {self.task.name}: {error['msg']}, "
+                                  f"got {error.get('input')!r}")
+
+    def link(self, upstream: dict[str, Iterable[Run]]) -> None:
+        """Expand the grid, matching each point to the upstream runs it reads; distinct runs only.
+
+        `upstream`: every need's runs. A point that matches no run of a need is a spec error.
+        """
+        tables: dict[str, dict[tuple[Any, ...], list[str]]] = {}
+        for need in self.needs:
+            table: dict[tuple[Any, ...], list[str]] = {}
+            for run in upstream[need]:
+                table.setdefault(match_value(run.params, self.match_keys[need]), []).append(run.run_id)
+            tables[need] = table
+        self.runs, self.points = {}, 0
+        for params in self.space:
+            self.points += 1
+            validated = self.validate(params)
+            links: dict[str, tuple[str, ...]] = {}
+            for need, table in tables.items():
+                keys = self.match_keys[need]
+                found = table.get(match_value(validated, keys))
+                if not found:
+                    shown = {k: validated.get(k) for k in keys}
+                    raise self.loaded.source.error(
+                        self.path("needs"),
+                        f"a run with {shown} matches no run of stage '{need}' "
+                        f"(runs are matched on the parameters both stages set: {', '.join(keys) or 'none'})",
+                    )
+                links[need] = tuple(sorted(set(found)))
+            run = self.make_run(validated, links)
+            self.runs.setdefault(run.run_id, run)
+        if self.points == 0:
+            raise self.loaded.source.error(self.path("params"), "the stage expands to no runs")
+        self.linked = True
+
+    def transfer_runs(self, best: list[dict[str, Any]]) -> list[Run]:
+        """Each feasible group's selected config with this stage's params laid over it (distinct runs)."""
+        import json
+
+        runs: dict[str, Run] = {}
+        for row in best:
+            if not row["feasible"]:
+                continue
+            chosen = json.loads(row["best_params"])
+            for extra in self.overlay:
+                run = self.make_run({**chosen, **extra}, selected_from=row["best_run_id"])
+                runs.setdefault(run.run_id, run)
+        return list(runs.values())
+
+
+@dataclass
+class SweepPlan:
+    loaded: LoadedSpec
+    order: list[str]
+    stages: dict[str, StagePlan]
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    def counts(self) -> dict[str, int]:
+        """Runs per grid or tune stage known from the spec alone (transfer stages: after selection)."""
+        return {name: n for name, stage in self.stages.items() if (n := stage.expected) is not None}
+
+    def task_targets(self) -> list[str]:
+        return sorted({plan.task.target for plan in self.stages.values()})
+
+
+def build_plan(loaded: LoadedSpec) -> SweepPlan:
+    """Resolve every stage's task, parse its parameters, and expand and validate what can be known now."""
+    order = stage_order(loaded)
+    stages: dict[str, StagePlan] = {}
+    for name in order:
+        plan = _stage_plan(loaded, name)
+        stages[name] = plan
+        for need in plan.needs:
+            mine = plan.space.declared_keys()
+            theirs = set(stages[need].space.declared_keys())
+            plan.match_keys[need] = [k for k in mine if k in theirs]
+        if plan.kind == "tune":
+            _plan_tune(plan)
+        elif plan.kind == "transfer":
+            plan.overlay = list(parse_params(plan.stage.params, loaded.source, plan.path("params")))
+        elif all(stages[need].kind == "grid" and stages[need].linked for need in plan.needs):
+            plan.link({need: stages[need].runs.values() for need in plan.needs})
+    return SweepPlan(loaded, order, stages)
+
+
+def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
+    """A stage's task (a transfer stage uses its source's) and parsed parameters."""
+    stage = loaded.spec.stages[name]
+    source_stage = loaded.spec.stages[stage.transfer] if stage.transfer else stage
+    key = ("stages", name, "task") if stage.task else ("stages", stage.transfer, "task")
+    try:
+        task = get_task(source_stage.task)  # type: ignore[arg-type]
+    except UnknownTaskError as exc:
+        raise loaded.source.error(key, str(exc)) from None  # type: ignore[arg-type]
+    params = {**source_stage.params, **stage.params} if stage.transfer else dict(stage.params)
+    resources = stage.resources or source_stage.resources
+    if resources is None:
+        try:
+            resources = Resources.model_validate(task.resources)
+        except ValidationError as exc:
+            raise SpecError(f"task {task.name} declares invalid default resources: {exc}") from None
+    kind: StageKind = "tune" if stage.tune is not None else "transfer" if stage.transfer else "grid"
+    space = parse_params(params, loaded.source, ("stages", name, "params"))
+    return StagePlan(loaded.spec.name, name, kind, stage, task, resources, space, loaded, list(stage.needs))
+
+
+def _plan_tune(plan: StagePlan) -> None:
+    """Groups, search space and constraints; every corner of the space must be a valid run."""
+    tune = plan.stage.tune
+    assert tune is not None
+    source = plan.loaded.source
+    for i, key in enumerate(tune.group_by):
+        if key not in plan.task.params.model_fields:
+            raise source.error(plan.path("tune", "group_by", i), f"'{key}' is not a parameter of task {plan.task.name}")
+    for key in tune.space:
+        if key not in plan.task.params.model_fields:
+            raise source.error(plan.path("tune", "space", key), f"'{key}' is not a parameter of task {plan.task.name}")
+    plan.distributions = parse_space(tune.space, source, plan.path("tune", "space"))
+    plan.constraints = parse_constraints(tune.constraints, source, plan.path("tune", "constraints"))
+    groups: dict[str, Group] = {}
+    for params in plan.space:
+        for key in tune.space:
+            params.pop(key, None)
+        key = {k: params.get(k) for k in tune.group_by}
+        label = canonical_json(key)
+        if label in groups and groups[label].base != params:
+            varying = sorted(k for k in params if params[k] != groups[label].base.get(k))
+            raise source.error(plan.path("params"), f"parameter(s) {', '.join(varying)} vary inside a tune group",
+                               hint="add them to tune.group_by")
+        groups[label] = Group(key, params)
+    plan.groups = list(groups.values())
+    for group in plan.groups:
+        corners = {k: corner(d) for k, d in plan.distributions.items()}
+        for name, distribution in plan.distributions.items():
+            for value in corner_values(distribution):
+                plan.validate({**group.base, **corners, name: value})

@@ -1,0 +1,117 @@
+"""The row schema: the orchestrator's columns and their types, run statuses, and how rows are built.
+
+Every stored row is `identity + parameters + the task's metrics + outcome + provenance`. This module is
+the one place that knows which columns are the orchestrator's (a task may not return them), how
+parameters become columns and back, and which statuses and error types a row can carry.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from orchestrator.execute import RunResult
+    from orchestrator.runs import Run
+
+# Statuses of a run's latest attempt.
+OK, FAILED = "ok", "failed"
+
+# Error types of a failed run (the `error_type` column); the scheduler adds Ray's system failures.
+TASK_ERROR = "task_error"
+BAD_OUTPUT = "bad_output"
+MEMORY_LIMIT = "memory_limit"
+MISSING_UPSTREAM = "missing_upstream"
+
+# Columns the orchestrator writes, typed even when a batch holds only nulls (so parts concatenate).
+COLUMN_TYPES: dict[str, pa.DataType] = {
+    "run_id": pa.string(),
+    "sweep": pa.string(),
+    "stage": pa.string(),
+    "task": pa.string(),
+    "task_version": pa.int64(),
+    "upstream_run_ids": pa.list_(pa.string()),
+    "selected_from": pa.string(),
+    "seed": pa.int64(),
+    "status": pa.string(),
+    "error_type": pa.string(),
+    "error": pa.string(),
+    "traceback": pa.string(),
+    "attempt": pa.int64(),
+    "duration_s": pa.float64(),
+    "started_at": pa.timestamp("us", tz="UTC"),
+    "node": pa.string(),
+    "gpu": pa.string(),
+    "git_commit": pa.string(),
+    "versions": pa.string(),
+}
+RESERVED_COLUMNS: tuple[str, ...] = tuple(COLUMN_TYPES)
+
+
+def param_column(value: Any) -> Any:
+    """Parameters are columns; nested values are stored as canonical JSON text."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def from_column(value: Any) -> Any:
+    """A parameter as read back from its column (the inverse of `param_column`)."""
+    if hasattr(value, "item"):  # numpy scalars from pandas
+        value = value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def column_clash(rows: list[dict[str, Any]], params: dict[str, Any]) -> str | None:
+    """Why the task's rows cannot be stored beside the run's columns, or None."""
+    for row in rows:
+        for key, value in row.items():
+            if key in COLUMN_TYPES:
+                return f"the task returned column '{key}', which is reserved for the orchestrator"
+            if key in params and value != params[key] and param_column(value) != param_column(params[key]):
+                return f"the task returned column '{key}'={value!r}, clashing with parameter {key}={params[key]!r}"
+    return None
+
+
+def result_rows(run: Run, result: RunResult, git_commit: str | None, versions: str) -> list[dict[str, Any]]:
+    """Stored rows of one finished run: identity, parameters, metrics, status and provenance."""
+    base: dict[str, Any] = {
+        "run_id": run.run_id,
+        "sweep": run.sweep,
+        "stage": run.stage,
+        "task": run.task,
+        "task_version": run.task_version,
+    }
+    for key, value in run.params.items():
+        base[key] = param_column(value)
+    if result.status == OK:
+        problem = column_clash(result.rows, run.params)
+        if problem:
+            result.status, result.error_type, result.error, result.rows = FAILED, BAD_OUTPUT, problem, []
+    tail = {
+        "upstream_run_ids": list(run.upstream_ids),
+        "selected_from": run.selected_from,
+        "seed": run.seed,
+        "status": result.status,
+        "error_type": result.error_type,
+        "error": result.error,
+        "traceback": result.traceback,
+        "attempt": result.attempt,
+        "duration_s": result.duration_s,
+        "started_at": datetime.fromtimestamp(result.started_at, tz=timezone.utc),
+        "node": result.node,
+        "gpu": result.gpu,
+        "git_commit": git_commit,
+        "versions": versions,
+    }
+    if result.status != OK or not result.rows:
+        return [{**base, **tail}]
+    return [{**base, **row, **tail} for row in result.rows]

@@ -1,0 +1,63 @@
+"""What `plan` and `status` show per stage: the plan's distinct runs against what is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.plan import SweepPlan
+from orchestrator.runner import known_runs
+from orchestrator.runs import Run
+from orchestrator.schema import FAILED, OK
+from orchestrator.store import ResultStore
+
+
+@dataclass
+class StageSummary:
+    name: str
+    task: str
+    resources: str
+    total: int | None  # runs of the plan (None: known only once upstream runs exist)
+    ok: int = 0
+    failed: int = 0
+    stored_not_in_spec: int = 0
+    duplicates: int = 0  # points that validated to the params of an earlier point (merged)
+    note: str = ""
+
+    @property
+    def to_run(self) -> int | None:
+        return None if self.total is None else self.total - self.ok - self.failed
+
+
+def summarize(plan: SweepPlan, store: ResultStore) -> list[StageSummary]:
+    """Per stage: runs of the plan, and how many of them are stored as ok / failed."""
+    out = []
+    resolved: dict[str, list[Run] | None] = {}
+    for name in plan.order:
+        stage = plan.stages[name]
+        states = store.run_states(name)
+        runs = known_runs(plan, store, name, resolved)
+        resolved[name] = runs
+        summary = StageSummary(name, stage.task.name, stage.resources.describe(), None, duplicates=stage.duplicates)
+        if stage.kind == "tune":
+            tune = stage.stage.tune
+            assert tune is not None
+            summary.note = f"tune: {tune.num_samples} trials per group of {tune.group_by or 'all'}"
+            summary.total = stage.expected
+        elif stage.kind == "transfer":
+            summary.note = f"transfer: best config per group of '{stage.stage.transfer}', after its selection"
+            summary.total = None if runs is None else len(runs)
+        else:
+            summary.total = None if runs is None else len(runs)
+        mine = {r.run_id for r in runs or []}
+        for run_id in mine & states.keys():
+            summary.ok += states[run_id].status == OK
+            summary.failed += states[run_id].status == FAILED
+        if stage.kind == "tune":  # a group's trials beyond num_samples are not "to run"
+            summary.ok = min(summary.ok, summary.total or 0)
+            summary.failed = min(summary.failed, (summary.total or 0) - summary.ok)
+        summary.stored_not_in_spec = len(states.keys() - mine)
+        if summary.duplicates:
+            merged = f"{summary.duplicates} duplicate point(s) merged"
+            summary.note = f"{summary.note}; {merged}" if summary.note else merged
+        out.append(summary)
+    return out
