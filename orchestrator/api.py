@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator import cluster
 from orchestrator.errors import UsageError
+from orchestrator.execute import InlineExecutor
 from orchestrator.plan import SweepPlan, build_plan
 from orchestrator.runner import Executor, ProgressSink, RunOptions, StageOutcome, run_sweep
 from orchestrator.spec import load_spec
@@ -24,8 +26,8 @@ if TYPE_CHECKING:
 EXECUTORS = ("ray", "inline")
 
 
-def open_sweep(spec: str | Path, results: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> tuple[
-        SweepPlan, ResultStore]:
+def open_sweep(spec: str | Path, results: str | os.PathLike[str] | None = None,
+               overrides: list[str] | None = None) -> tuple[SweepPlan, ResultStore]:
     """The sweep's plan (loaded, expanded and validated once) and its store (`results`, else the spec's
     `results:`, else ./results)."""
     loaded = load_spec(spec, overrides or [])
@@ -47,11 +49,8 @@ class Connector:
 
     def __call__(self) -> Executor:
         if self.executor == "inline":
-            from orchestrator.execute import InlineExecutor
-
             return InlineExecutor()
         # Ray is imported only for the Ray executor: `plan` and `--executor inline` run without it.
-        from orchestrator import cluster
         from orchestrator.scheduler import RayExecutor
 
         self.started_ray = cluster.connect(self.address, self.num_cpus, self.num_gpus,
@@ -63,8 +62,6 @@ class Connector:
 
     def close(self) -> None:
         if self.started_ray:
-            from orchestrator import cluster
-
             cluster.shutdown()
             self.started_ray = False
 

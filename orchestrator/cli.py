@@ -6,17 +6,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from orchestrator.api import Connector
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
+from orchestrator.registry import task_entries
+from orchestrator.report import stage_report
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.schema import FAILED
 from orchestrator.spec import load_spec
@@ -28,14 +38,14 @@ console = Console(stderr=True)
 out = Console() if sys.stdout.isatty() else Console(width=200)
 
 SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (YAML).", show_default=False)]
-OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides: key.path=value or param=value.")]
-ResultsOpt = Annotated[Optional[str], typer.Option("--results", help="Results root: a path or pyarrow.fs URI "
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="Overrides: key.path=value or param=value.")]
+ResultsOpt = Annotated[str | None, typer.Option("--results", help="Results root: a path or pyarrow.fs URI "
                                                    "[env ORCHESTRATOR_RESULTS; spec `results:`; ./results].")]
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address [env RAY_ADDRESS; "
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address [env RAY_ADDRESS; "
                                                    "default: start a local Ray].")]
-CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="CPUs of a local Ray.")]
-GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
-StageOpt = Annotated[Optional[list[str]], typer.Option("--stage", help="Only these stages (repeatable).")]
+CpusOpt = Annotated[float | None, typer.Option("--num-cpus", help="CPUs of a local Ray.")]
+GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
+StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
                                           "inline: every run in this process, one after another, no Ray "
                                           "(debugging with breakpoint()).")]
@@ -117,7 +127,7 @@ class RichProgress:
             TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=False,
         )
-        self.ids: dict[str, int] = {}
+        self.ids: dict[str, TaskID] = {}
         self.failed: dict[str, int] = {}
 
     def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None:
@@ -200,10 +210,9 @@ def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = N
 
 @app.command()
 def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None,
-           out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where figures go [<results>/<sweep>/report].")] = None) -> None:
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Where figures go "
+                                                        "[<results>/<sweep>/report].")] = None) -> None:
     """Summary table per stage (metric means over the swept parameters) and each family's figures."""
-    from orchestrator.report import stage_report
-
     try:
         sweep, store = _load(spec, overrides, results)
     except OrchestratorError as exc:
@@ -217,8 +226,6 @@ def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = 
 @app.command("tasks")
 def list_tasks() -> None:
     """List registered tasks (without importing them): built-in families and installed packages."""
-    from orchestrator.registry import task_entries
-
     try:
         entries = task_entries()
     except OrchestratorError as exc:

@@ -80,7 +80,7 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
             kwargs["runtime_env"] = {"py_modules": modules}
     try:
         ray.init(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - Ray raises many types here; all mean "no cluster"
+    except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         if "auth" in text.lower() or (address and os.environ.get("RAY_AUTH_MODE") != "token"):
             raise ClusterError(f"cannot connect to Ray at {address}: {text.splitlines()[0]}\n{AUTH_REMEDY}") from None
@@ -103,7 +103,7 @@ class NodeInfo:
 def alive_nodes() -> list[NodeInfo]:
     import ray
 
-    return [NodeInfo(n["NodeID"], dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]
+    return [NodeInfo(n["NodeID"], dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:

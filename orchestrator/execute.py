@@ -141,7 +141,7 @@ def _gpu_name(gpu_ids: list[int]) -> str | None:
     torch = sys.modules["torch"]
     try:
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001 - a missing driver must not fail the run
+    except Exception:
         return None
 
 
@@ -209,7 +209,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
                 _publish_local(Path(payload.artifact_root) / payload.run_id, artifact_tmp)
             elif any(artifact_tmp.iterdir()):
                 result.artifact_dir, keep_work = str(artifact_tmp), True
-    except BaseException as exc:  # noqa: BLE001 - failures are rows
+    except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         result.status = FAILED
@@ -254,7 +254,7 @@ def node_name() -> str:
 
     try:
         return f"{host}:{ray.get_runtime_context().get_node_id()[:12]}"
-    except Exception:  # noqa: BLE001
+    except Exception:
         return host
 
 
@@ -266,7 +266,7 @@ def current_gpu_ids() -> list[int]:
 
     try:
         return [int(g) for g in ray.get_gpu_ids()]
-    except Exception:  # noqa: BLE001
+    except Exception:
         return []
 
 

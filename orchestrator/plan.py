@@ -12,6 +12,7 @@ A stage that `needs` a tune or transfer stage gets its runs once that stage's ru
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -145,8 +146,6 @@ class StagePlan:
 
     def transfer_runs(self, best: list[dict[str, Any]]) -> list[Run]:
         """Each feasible group's selected config with this stage's params laid over it (distinct runs)."""
-        import json
-
         runs: dict[str, Run] = {}
         for row in best:
             if not row["feasible"]:
@@ -200,11 +199,11 @@ def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
     """A stage's task (a transfer stage uses its source's) and parsed parameters."""
     stage = loaded.spec.stages[name]
     source_stage = loaded.spec.stages[stage.transfer] if stage.transfer else stage
-    key = ("stages", name, "task") if stage.task else ("stages", stage.transfer, "task")
+    key: KeyPath = ("stages", name if stage.task else str(stage.transfer), "task")
     try:
-        task = get_task(source_stage.task)  # type: ignore[arg-type]
+        task = get_task(str(source_stage.task))
     except UnknownTaskError as exc:
-        raise loaded.source.error(key, str(exc)) from None  # type: ignore[arg-type]
+        raise loaded.source.error(key, str(exc)) from None
     params = {**source_stage.params, **stage.params} if stage.transfer else dict(stage.params)
     resources = stage.resources or source_stage.resources
     if resources is None:
@@ -234,13 +233,13 @@ def _plan_tune(plan: StagePlan) -> None:
     for params in plan.space:
         for key in tune.space:
             params.pop(key, None)
-        key = {k: params.get(k) for k in tune.group_by}
-        label = canonical_json(key)
+        group_key = {k: params.get(k) for k in tune.group_by}
+        label = canonical_json(group_key)
         if label in groups and groups[label].base != params:
             varying = sorted(k for k in params if params[k] != groups[label].base.get(k))
             raise source.error(plan.path("params"), f"parameter(s) {', '.join(varying)} vary inside a tune group",
                                hint="add them to tune.group_by")
-        groups[label] = Group(key, params)
+        groups[label] = Group(group_key, params)
     plan.groups = list(groups.values())
     for group in plan.groups:
         corners = {k: corner(d) for k, d in plan.distributions.items()}

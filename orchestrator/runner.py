@@ -93,7 +93,8 @@ def stored_stage_runs(stage: StagePlan, store: ResultStore) -> list[Run]:
     return list(runs.values())
 
 
-def known_runs(plan: SweepPlan, store: ResultStore, name: str, resolved: dict[str, list[Run] | None]) -> list[Run] | None:
+def known_runs(plan: SweepPlan, store: ResultStore, name: str,
+               resolved: dict[str, list[Run] | None]) -> list[Run] | None:
     """The runs of stage `name` as far as they can be known now (None: not until upstream runs exist)."""
     stage = plan.stages[name]
     if stage.kind == "tune":

@@ -24,7 +24,15 @@ from ray.exceptions import RayError, RayTaskError
 
 from orchestrator import cluster
 from orchestrator.execute import (
-    OnResult, RunPayload, RunResult, SetupCache, StageExecution, WorkItem, WorkSource, execute_chunk, worker_cache,
+    OnResult,
+    RunPayload,
+    RunResult,
+    SetupCache,
+    StageExecution,
+    WorkItem,
+    WorkSource,
+    execute_chunk,
+    worker_cache,
 )
 from orchestrator.schema import FAILED, OK
 from orchestrator.spec import Resources
@@ -151,7 +159,8 @@ class StageScheduler:
         self.in_flight[ref] = _Chunk(items)
 
     def _new_actor(self) -> Any:
-        actor = RunWorker.options(**self.options, max_restarts=0).remote(self.config.cache_size)
+        actor = RunWorker.options(**self.options, max_restarts=0).remote(  # type: ignore[attr-defined]
+            self.config.cache_size)
         self.actors.append(actor)
         self.actor_load[actor] = 0
         return actor
@@ -264,7 +273,7 @@ class StageScheduler:
             self.actor_load[chunk.actor] -= 1
         try:
             results = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - classify every Ray failure
+        except Exception as exc:
             if chunk.actor is not None:
                 self._drop_actor(chunk.actor)
             self._system_failure(chunk.items, exc)

@@ -33,7 +33,8 @@ class Constraint:
 def parse_constraint(text: str) -> Constraint:
     match = CONSTRAINT.match(text)
     if not match:
-        raise ValueError(f"constraint '{text}' is not of the form `metric <op> number` with op in {', '.join(OPERATORS)}")
+        raise ValueError(f"constraint '{text}' is not of the form `metric <op> number` "
+                         f"with op in {', '.join(OPERATORS)}")
     try:
         bound = float(match.group(3))
     except ValueError:

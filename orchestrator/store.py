@@ -200,7 +200,8 @@ class ResultStore:
         table = self.read_stage(stage, columns=["run_id", "status", "attempt"], latest=False)
         states: dict[str, RunState] = {}
         for run_id, status, attempt in zip(
-            table.column("run_id").to_pylist(), table.column("status").to_pylist(), table.column("attempt").to_pylist()
+            table.column("run_id").to_pylist(), table.column("status").to_pylist(), table.column("attempt").to_pylist(),
+            strict=True,
         ):
             known = states.get(run_id)
             if known is None or attempt > known.attempt:
@@ -235,7 +236,8 @@ class ResultStore:
                 shutil.rmtree(target)
             os.replace(source, target)
         else:
-            pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+            pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
 
     def fetch_artifacts(self, run_id: str, cache: Path) -> Path:
         """A local directory holding a run's artifacts (the store itself when local)."""
@@ -257,7 +259,7 @@ def latest_attempts(table: pa.Table) -> pa.Table:
     if "attempt" not in table.column_names:
         return table
     best = table.group_by("run_id").aggregate([("attempt", "max")])
-    highest = dict(zip(best["run_id"].to_pylist(), best["attempt_max"].to_pylist()))
+    highest = dict(zip(best["run_id"].to_pylist(), best["attempt_max"].to_pylist(), strict=True))
     wanted = pa.array([highest[r] for r in table["run_id"].to_pylist()], table["attempt"].type)
     return table.filter(pc.equal(table["attempt"], wanted))
 

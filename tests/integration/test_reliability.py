@@ -85,8 +85,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     import json, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-    from orchestrator.api import open_sweep, run_spec
-from orchestrator.status import StageSummary, summarize
+    from orchestrator.api import run_spec
     from orchestrator.store import load_results
 
     spec, results = sys.argv[1], sys.argv[2]

@@ -1,0 +1,101 @@
+"""The registry: names vs import targets, entry points, refusals (no Ray, no models)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import registry
+from orchestrator.errors import UnknownTaskError
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Iterator[Path]:
+    """A directory on sys.path where a test lays out a real distribution (dist-info) with entry points."""
+    sys.path.insert(0, str(tmp_path))
+    registry.task_entries.cache_clear()
+    registry.get_task.cache_clear()
+    try:
+        yield tmp_path
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("unitlab")]:
+            del sys.modules[name]
+        registry.task_entries.cache_clear()
+        registry.get_task.cache_clear()
+        registry.resolve_target.cache_clear()
+
+
+def distribution(root: Path, name: str, entry_points: dict[str, str]) -> None:
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\n{lines}\n")
+
+
+MODULE = textwrap.dedent('''\
+    from orchestrator.registry import TaskParams, task
+
+    class P(TaskParams):
+        x: int = 0
+
+    @task("unit.lab", params=P)
+    def lab(params, ctx):
+        return {"y": params.x}
+''')
+
+
+def test_builtin_task_carries_its_import_target() -> None:
+    # Invariant: a task knows the "module:function" workers import, whatever its registered name.
+    definition = registry.get_task("demo.quadratic")
+    assert definition.target == "tasks.demo.task:quadratic"
+    assert registry.resolve_target(definition.target) is definition
+
+
+def test_module_target_with_a_different_registered_name(installed: Path) -> None:
+    # Invariant: `module:function` resolves to the decorated task, whose name is the @task name.
+    (installed / "unitlab.py").write_text(MODULE)
+    definition = registry.get_task("unitlab:lab")
+    assert (definition.name, definition.target) == ("unit.lab", "unitlab:lab")
+
+
+def test_entry_point_registers_a_task(installed: Path) -> None:
+    # Invariant: an installed distribution's `interp_sweeps.tasks` entry point is a registered name.
+    (installed / "unitlab.py").write_text(MODULE)
+    distribution(installed, "unitlab_dist", {"unit.lab": "unitlab:lab"})
+    entry = registry.task_entries()["unit.lab"]
+    assert entry.target == "unitlab:lab" and "unitlab_dist" in entry.origin
+    assert registry.get_task("unit.lab").target == "unitlab:lab"
+
+
+def test_duplicate_name_across_packages_is_refused(installed: Path) -> None:
+    # Invariant: a name registered by a built-in family and by a package is an error naming both.
+    distribution(installed, "clash_dist", {"demo.noop": "unitlab:lab"})
+    with pytest.raises(UnknownTaskError, match=r"'demo.noop' is registered twice: by tasks.demo .* clash_dist"):
+        registry.task_entries()
+
+
+def test_map_key_must_match_the_task_name(installed: Path) -> None:
+    # Invariant: a name that maps to a function decorated with another name is refused on lookup.
+    (installed / "unitlab.py").write_text(MODULE)
+    distribution(installed, "wrong_dist", {"unit.other": "unitlab:lab"})
+    with pytest.raises(UnknownTaskError, match=r"registers 'unit.other' .* decorated @task\('unit.lab'\)"):
+        registry.get_task("unit.other")
+
+
+def test_unknown_names_get_suggestions() -> None:
+    # Invariant: a misspelt name lists the close matches.
+    with pytest.raises(UnknownTaskError, match=r"Did you mean: demo\.quadratic"):
+        registry.get_task("demo.quadratc")
+
+
+def test_undecorated_target_is_refused(installed: Path) -> None:
+    # Invariant: `module:function` must name a function decorated with @task.
+    (installed / "unitlab.py").write_text("def plain(params, ctx):\n    return {}\n")
+    with pytest.raises(UnknownTaskError, match="not a registered task"):
+        registry.get_task("unitlab:plain")
