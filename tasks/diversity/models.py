@@ -33,10 +33,8 @@ for _arch in ("gpt2", "llama"):
 def training_text(key: str) -> str:
     """The text a recipe trains on: the common tiny corpus, or the family's narrow text."""
     if key == "corpus":
-        try:
-            from tasks.common.corpus import CORPUS
-        except ImportError:  # the module's earlier name
-            from tasks.common._corpus import CORPUS
+        from tasks.common.corpus import CORPUS
+
         return CORPUS
     from tasks.diversity.data import NARROW_TEXT
 
