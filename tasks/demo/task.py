@@ -21,7 +21,7 @@ class QuadraticParams(TaskParams):
     seed: int = 0
 
 
-@task("demo.quadratic", params=QuadraticParams)
+@task("demo.quadratic", params=QuadraticParams, smoke={"x": 0.5, "y": -1.0, "noise": 0.1})
 def quadratic(params: QuadraticParams, ctx: RunContext) -> dict[str, Any]:
     """loss = (x - 1)^2 + (y + 2)^2 plus seeded Gaussian noise: a surface with a known minimum."""
     rng = random.Random(ctx.seed)
@@ -33,7 +33,7 @@ class NoopParams(TaskParams):
     i: int = 0
 
 
-@task("demo.noop", params=NoopParams)
+@task("demo.noop", params=NoopParams, smoke={"i": 3})
 def noop(params: NoopParams, ctx: RunContext) -> dict[str, Any]:
     """Returns its index: the cheapest possible run (overhead benchmarks)."""
     return {"value": params.i}
@@ -44,7 +44,7 @@ class SleepParams(TaskParams):
     seconds: float = Field(0.1, ge=0)
 
 
-@task("demo.sleep", params=SleepParams)
+@task("demo.sleep", params=SleepParams, smoke={"i": 2, "seconds": 0.01})
 def sleep(params: SleepParams, ctx: RunContext) -> dict[str, Any]:
     """Sleeps, then reports when and where it ran (concurrency and placement tests)."""
     start = time.time()
@@ -66,7 +66,7 @@ class FlakyParams(TaskParams):
     fail_while_file_exists: str | None = None
 
 
-@task("demo.flaky", params=FlakyParams)
+@task("demo.flaky", params=FlakyParams, smoke={"i": 3, "fail_if_divisible_by": 2})
 def flaky(params: FlakyParams, ctx: RunContext) -> dict[str, Any]:
     """Raises for chosen inputs (every k-th, or while a marker file exists): failure handling tests."""
     divisor = params.fail_if_divisible_by
@@ -80,7 +80,7 @@ class AllocateParams(TaskParams):
     megabytes: int = Field(ge=0)
 
 
-@task("demo.allocate", params=AllocateParams)
+@task("demo.allocate", params=AllocateParams, smoke={"megabytes": 2})
 def allocate(params: AllocateParams, ctx: RunContext) -> dict[str, Any]:
     """Allocates and touches `megabytes` of memory (memory-limit tests)."""
     block = bytearray(params.megabytes * 1024 * 1024)
@@ -94,7 +94,7 @@ class VectorParams(TaskParams):
     scale: float = 1.0
 
 
-@task("demo.vector", params=VectorParams)
+@task("demo.vector", params=VectorParams, smoke={"length": 8, "scale": 2.0})
 def vector(params: VectorParams, ctx: RunContext) -> dict[str, Any]:
     """Writes a seeded random vector as an .npy artifact (stage-dependency tests)."""
     import numpy as np
@@ -110,7 +110,8 @@ class VectorSumParams(TaskParams):
     power: int = 1
 
 
-@task("demo.vector_sum", params=VectorSumParams)
+@task("demo.vector_sum", params=VectorSumParams, smoke={"length": 8, "scale": 2.0, "power": 2},
+      smoke_upstream={"vector": ("demo.vector", {"length": 8, "scale": 2.0})})
 def vector_sum(params: VectorSumParams, ctx: RunContext) -> dict[str, Any]:
     """Reads the upstream `vector` artifact with the same length and scale; sums its powers."""
     import numpy as np
@@ -132,7 +133,8 @@ def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(), "weights": [ord(c) for c in params.model]}
 
 
-@task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",))
+@task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",),
+      smoke={"model": "tiny", "i": 2})
 def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     """Uses the model its worker loaded (model-reuse tests): which model, loaded when, by which process."""
     model = ctx.setup
@@ -149,7 +151,7 @@ class SpinParams(TaskParams):
     iterations: int = Field(2_000_000, ge=1)
 
 
-@task("demo.spin", params=SpinParams)
+@task("demo.spin", params=SpinParams, smoke={"iterations": 1000})
 def spin(params: SpinParams, ctx: RunContext) -> dict[str, Any]:
     """A CPU-bound pure-Python loop (parallel speed-up benchmarks)."""
     total = 0

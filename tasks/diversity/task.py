@@ -62,6 +62,7 @@ class NextTokenParams(TaskParams):
     setup=load_lm,
     setup_keys=("model",),
     resources={"num_cpus": 1},
+    smoke={"max_docs": 2, "batch_size": 2, "max_length": 16},
 )
 def next_token(params: NextTokenParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Per-document and per-model next-token statistics: perplexity, entropy, confidence, average distribution.
@@ -139,6 +140,7 @@ class CompletionsParams(TaskParams):
     setup=load_lm,
     setup_keys=("model",),
     resources={"num_cpus": 1},
+    smoke={"max_prompts": 1, "n_samples": 3, "batch_size": 3, "max_new_tokens": 6},
 )
 def completions(params: CompletionsParams, ctx: RunContext) -> list[dict[str, Any]]:
     """`n_samples` sampled completions of each prompt of a set at one temperature (notes 3).
@@ -249,6 +251,9 @@ class OutputDiversityParams(TaskParams):
     setup=load_embedder,
     setup_keys=("embedder",),
     resources={"num_cpus": 1},
+    smoke={"embedder": "tiny-bert", "max_num_words": 8, "order_q": [2], "order_q_samples": 5},
+    smoke_upstream={"completions": ("diversity.completions",
+                                    {"max_prompts": 1, "n_samples": 3, "batch_size": 3, "max_new_tokens": 6})},
 )
 def output_diversity(params: OutputDiversityParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Diversity metrics of each prompt's completions at one temperature (notes 4).

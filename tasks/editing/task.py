@@ -106,6 +106,8 @@ def _split_general(texts: list[str], general_docs: int, kl_docs: int, builtin: b
     setup=load_model,
     setup_keys=("model",),
     resources={"num_cpus": 1},
+    smoke={"epochs": 1, "max_train": 1, "grad_acc_steps": 1, "max_eval": 1, "max_hard_negative": 1, "general_docs": 2,
+           "kl_docs": 2, "max_length": 64},
 )
 def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Fine-tune on canonical examples and evaluate out of distribution (Hewitt et al. 2024, arXiv 2402.06155).
@@ -283,7 +285,8 @@ class RomeParams(TaskParams):
         return self
 
 
-@task("editing.rome", params=RomeParams, version=1, setup=load_model, setup_keys=("model",), resources={"num_cpus": 1})
+@task("editing.rome", params=RomeParams, version=1, setup=load_model, setup_keys=("model",), resources={"num_cpus": 1},
+      smoke={"v_num_grad_steps": 2, "template_lengths": [(3, 1)], "cov_docs": 4, "max_length": 64})
 def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
     """ROME rank-one edit of one MLP layer (Meng et al. 2022), undone before returning.
 
@@ -468,6 +471,7 @@ class CausalTraceParams(TaskParams):
     setup=load_model,
     setup_keys=("model",),
     resources={"num_cpus": 1},
+    smoke={"fact_indices": [0], "sites": ["hidden", "mlp"], "window": 1, "samples": 2, "only_correct": False},
 )
 def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Causal tracing (Meng et al. 2022): restored p(answer) per (fact, site, layer, token).
@@ -569,7 +573,13 @@ class EnsembleParams(TaskParams):
 
 
 @task("editing.ensemble", params=EnsembleParams, version=1, setup=load_model, setup_keys=("model",),
-      resources={"num_cpus": 1})
+      resources={"num_cpus": 1},
+      smoke={"large_model": "tiny-backpack", "beta_step": 0.5, "max_eval": 1, "max_hard_negative": 1, "general_docs": 2,
+             "kl_docs": 2, "max_length": 64},
+      smoke_upstream={"finetune": ("editing.finetune", {
+          "model": "tiny-backpack", "method": "senses", "epochs": 1, "max_train": 1, "grad_acc_steps": 1,
+          "senses_per_example": 2, "max_eval": 1, "max_hard_negative": 1, "general_docs": 2, "kl_docs": 2,
+          "max_length": 64})})
 def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     """A sense-fine-tuned Backpack ensembled with a larger LM (Hewitt et al. 2024, section 5.3): beta
     searched down from 1 by 0.1 until general loss < (1 + league) x the larger model's; success, hard
@@ -660,7 +670,9 @@ def _memit_requests(params: MemitParams, dataset) -> list:
 
 
 @task("editing.memit", params=MemitParams, version=1, setup=load_model, setup_keys=("model",),
-      resources={"num_cpus": 1})
+      resources={"num_cpus": 1},
+      smoke={"model": "tiny-gpt2", "layers": [0], "v_num_grad_steps": 2, "template_lengths": [(3, 1)], "cov_docs": 4,
+             "max_train": 1, "max_eval": 1, "max_hard_negative": 1, "general_docs": 2, "max_length": 64})
 def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
     """MEMIT (Meng et al. 2023) of all canonical examples of a split in one batch, evaluated like
     fine-tuning (success, hard negatives, degradation vs the unedited model), as the canonical-examples

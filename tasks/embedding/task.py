@@ -52,7 +52,8 @@ def load_encoder(params: HiddenStatesParams, ctx: RunContext) -> Any:
 
 
 @task("embedding.hidden_states", params=HiddenStatesParams, version=1, setup=load_encoder,
-      setup_keys=("model",), resources={"num_cpus": 1})
+      setup_keys=("model",), resources={"num_cpus": 1},
+      smoke={"model": "tiny-bert", "n_train": 4, "n_test": 2, "max_tokens": 24, "max_length": 32, "layer": [0, 2]})
 def hidden_states(params: HiddenStatesParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Hidden states of encoder layer(s) for a balanced labelled text set (Bombari and Mondelli 2024, A.2).
 

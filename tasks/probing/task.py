@@ -141,7 +141,8 @@ def answer_table(model, tokenizer, questions: list[str], edit, touched: list[int
 
 
 @task("probing.embedding_swap", params=EmbeddingSwapParams, version=1, setup=load_model, setup_keys=("model",),
-      resources={"num_cpus": 1})
+      resources={"num_cpus": 1},
+      smoke={"model": "tiny-gpt2", "mode": "swap_noise", "questions": ["The cat sat on the"], "top_k": 2})
 def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
     """Swap (or noise) the input embeddings of two words in each tokenisation variant; top-k answers per
     question before and after (seeds.md D.8 "Embedding swap"). Variants whose form is not one token are
@@ -181,7 +182,9 @@ class SubjectNoiseParams(TaskParams):
 
 
 @task("probing.subject_noise", params=SubjectNoiseParams, version=1, setup=load_model, setup_keys=("model",),
-      resources={"num_cpus": 1})
+      resources={"num_cpus": 1},
+      smoke={"model": "tiny-gpt2", "questions": ["The cat sat on the"], "subjects": ["cat"], "noise_scales": [0.0, 1.0],
+             "samples": 2})
 def subject_noise(params: SubjectNoiseParams, ctx: RunContext) -> list[dict]:
     """Gaussian noise on one subject's token embeddings at a time (its first occurrence in the question,
     causal tracing's corruption without restoration); per sample the answer and the rank and probability
@@ -245,7 +248,9 @@ class SaliencyParams(TaskParams):
 
 
 @task("probing.saliency", params=SaliencyParams, version=1, setup=load_model, setup_keys=("model",),
-      resources={"num_cpus": 1})
+      resources={"num_cpus": 1},
+      smoke={"model": "tiny-gpt2", "questions": ["The cat sat on the"], "baselines": ["zero"], "n_steps": 4,
+             "swap": {"token_a": "cat", "token_b": "dog"}})
 def saliency(params: SaliencyParams, ctx: RunContext) -> list[dict]:
     """Per-token attribution of the answer's probability for several methods and IG baselines, alone and
     with an embedding swap (seeds.md D.8 "Input saliency"); methods from the attribution family plus the
@@ -305,7 +310,7 @@ class FactInjectionParams(TaskParams):
 
 
 @task("probing.fact_injection", params=FactInjectionParams, version=1, setup=load_model, setup_keys=("model",),
-      resources={"num_cpus": 1})
+      resources={"num_cpus": 1}, smoke={"model": "tiny-gpt2", "max_steps": 2, "greedy_tokens": 2, "general_docs": 2})
 def fact_injection(params: FactInjectionParams, ctx: RunContext) -> list[dict]:
     """Fine-tune on a sentence stating a new fact one optimiser step at a time; per step and layer the
     gradient, update and cumulative weight-change norms, per step the new answer's probability and whether

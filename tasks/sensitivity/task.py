@@ -80,7 +80,9 @@ def _samples(params: _Common, ctx: RunContext, seeds: list[int], per_seed: int):
     return X, chosen, [int(emb.labels[j]) for j in chosen]
 
 
-@task("sensitivity.word_sensitivity", params=WordSensitivityParams, version=1, resources={"num_cpus": 1})
+@task("sensitivity.word_sensitivity", params=WordSensitivityParams, version=1, resources={"num_cpus": 1},
+      smoke={"dataset": "upstream", "d": 8, "n": 4, "steps": 5, "repetitions": 2},
+      smoke_upstream={"embed": ("embedding.hidden_states", {"n_train": 6, "max_tokens": 24, "max_length": 32})})
 def word_sensitivity(params: WordSensitivityParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Word sensitivity S of a random feature / attention map (Bombari and Mondelli 2024, sensitivity.py).
 
@@ -117,7 +119,9 @@ def word_sensitivity(params: WordSensitivityParams, ctx: RunContext) -> list[dic
     ]
 
 
-@task("sensitivity.generalisation", params=GeneralisationParams, version=1, resources={"num_cpus": 1})
+@task("sensitivity.generalisation", params=GeneralisationParams, version=1, resources={"num_cpus": 1},
+      smoke={"dataset": "upstream", "d": 4, "n": 3, "N": 4, "steps": 5},
+      smoke_upstream={"embed": ("embedding.hidden_states", {"n_train": 6, "max_tokens": 24, "max_length": 32})})
 def generalisation(params: GeneralisationParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Generalisation on context modification (Bombari and Mondelli 2024, gen.py).
 
