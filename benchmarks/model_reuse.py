@@ -22,10 +22,8 @@ from pathlib import Path
 
 from _common import write_spec
 from orchestrator import cluster
-from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.api import run_spec
 from orchestrator.scheduler import SchedulerConfig
-from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
 
 
 def main() -> None:
@@ -42,10 +40,9 @@ def main() -> None:
             params: {{model: {args.model}, method: input_x_gradient, n_examples: 2, seed: {{range: [0, {args.runs}]}}}}
     """)
     cluster.connect()
-    run_sweep(Sweep(load_spec(spec, ["seed={range: [1000, 1002]}"]), tempfile.mkdtemp()))  # builds the model
-    reuse, = run_sweep(Sweep(load_spec(spec), tempfile.mkdtemp()))
-    fresh, = run_sweep(Sweep(load_spec(spec), tempfile.mkdtemp()),
-                       RunOptions(scheduler=SchedulerConfig(cache_size=0)))
+    run_spec(spec, tempfile.mkdtemp(), ["seed={range: [1000, 1002]}"])  # builds the model
+    reuse, = run_spec(spec, tempfile.mkdtemp())
+    fresh, = run_spec(spec, tempfile.mkdtemp(), scheduler=SchedulerConfig(cache_size=0))
     assert reuse.failed == fresh.failed == 0
     cluster.shutdown()
     script = (

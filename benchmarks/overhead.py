@@ -16,9 +16,7 @@ import ray
 
 from _common import timed, write_spec
 from orchestrator import cluster
-from orchestrator.runner import run_sweep
-from orchestrator.spec import load_spec
-from orchestrator.stages import Sweep
+from orchestrator.api import run_spec
 
 
 @ray.remote(num_cpus=1)
@@ -74,7 +72,7 @@ def main() -> None:
     """)
     results = tempfile.mkdtemp(prefix="bench-results-")
     with timed(f"orchestrator: {n} no-op runs (expand, schedule, store)", times):
-        outcome, = run_sweep(Sweep(load_spec(spec), results))
+        outcome, = run_spec(spec, results)
     assert outcome.ok == n
     with timed(f"bare Ray: {n} tasks, window 100", times):
         bare_ray(n)

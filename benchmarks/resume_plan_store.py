@@ -92,19 +92,17 @@ def main() -> None:
     print(f"plan of {args.plan_points:,} points: {wall:.1f} s wall, peak RSS {peak:.0f} MB (target < 500 MB)")
 
     from orchestrator import cluster
-    from orchestrator.runner import run_sweep
-    from orchestrator.spec import load_spec
-    from orchestrator.stages import Sweep
-
+    from orchestrator.api import run_spec
+        
     cluster.connect(num_cpus=2)
     spin = write_spec(f"""\
         name: spin
         stages:
           s: {{task: demo.spin, max_workers: 1, params: {{i: {{range: [0, 16]}}, iterations: {args.spin}}}}}
     """)
-    run_sweep(Sweep(load_spec(spin, ["i={range: [100, 102]}"]), tempfile.mkdtemp()))  # warm both workers
-    one, = run_sweep(Sweep(load_spec(spin), tempfile.mkdtemp()))
-    two, = run_sweep(Sweep(load_spec(spin, ["stages.s.max_workers=2"]), tempfile.mkdtemp()))
+    run_spec(spin, tempfile.mkdtemp(), ["i={range: [100, 102]}"])  # warm both workers
+    one, = run_spec(spin, tempfile.mkdtemp())
+    two, = run_spec(spin, tempfile.mkdtemp(), ["stages.s.max_workers=2"])
     print(f"CPU-bound sweep (16 runs of demo.spin): 1 worker {one.wall_s:.2f} s, 2 workers {two.wall_s:.2f} s, "
           f"speed-up {one.wall_s / two.wall_s:.2f}x (target >= 1.85x)")
     cluster.shutdown()

@@ -56,6 +56,7 @@ class TaskDef:
     doc: str = ""
     smoke: dict[str, Any] | None = None
     smoke_upstream: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    measured: tuple[str, ...] = ()  # columns that measure the call itself (wall-clock times): not reproducible
 
     def setup_key(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The values that identify this run's expensive setup, or None for a stateless task."""
@@ -82,6 +83,7 @@ def task(
     resources: dict[str, Any] | None = None,
     smoke: Mapping[str, Any] | None = None,
     smoke_upstream: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
+    measured: Sequence[str] = (),
 ) -> Callable[[TaskFn], TaskFn]:
     """Register `fn(params, ctx) -> rows` under `name`.
 
@@ -90,6 +92,8 @@ def task(
     `setup_keys` and handed to the task as `ctx.setup`.
     `smoke`: small, fast params the contract suite runs the task with (tests/unit/test_task_contract.py);
     `smoke_upstream`: for a task that reads upstream runs, `{stage: (task name, params)}` to run first.
+    `measured`: row columns that measure the call itself (wall-clock times, process ids), so identical
+    runs may differ in them; every other column must be the same for the same run id.
     """
     if setup is None and setup_keys:
         raise ValueError(f"task {name}: setup_keys given without a setup function")
@@ -110,6 +114,7 @@ def task(
             doc=(fn.__doc__ or "").strip().split("\n")[0],
             smoke=dict(smoke) if smoke is not None else None,
             smoke_upstream={k: (t, dict(p)) for k, (t, p) in (smoke_upstream or {}).items()},
+            measured=tuple(measured),
         )
         return fn
 

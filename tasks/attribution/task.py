@@ -178,7 +178,8 @@ def _score(
 
 
 @task("attribution.planted", params=PlantedParams, version=1, setup=load, setup_keys=("model", "dtype"),
-      resources={"num_cpus": 1}, smoke={"n_examples": 2, "max_steps": 10, "num_probes": 2})
+      resources={"num_cpus": 1}, smoke={"n_examples": 2, "max_steps": 10, "num_probes": 2},
+      measured=("attr_seconds",))
 def planted_copy(params: PlantedParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Planted-answer check: attribute the copy model's answer; a faithful method finds the marked token."""
     import torch
@@ -200,7 +201,8 @@ def planted_copy(params: PlantedParams, ctx: RunContext) -> list[dict[str, Any]]
 
 @task("attribution.analogies", params=AnalogyParams, version=1, setup=load, setup_keys=("model", "dtype"),
       resources={"num_cpus": 1},
-      smoke={"model": "tiny-gpt2", "max_examples": 2, "require_correct": False, "max_steps": 10, "num_probes": 2})
+      smoke={"model": "tiny-gpt2", "max_examples": 2, "require_correct": False, "max_steps": 10, "num_probes": 2},
+      measured=("attr_seconds",))
 def analogies(params: AnalogyParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Token-level ReAGent experiment: attribute the last word of each analogy prompt, score Soft-NS/NC."""
     from tasks.attribution import data
@@ -223,7 +225,8 @@ def analogies(params: AnalogyParams, ctx: RunContext) -> list[dict[str, Any]]:
 
 @task("attribution.sequence", params=SequenceParams, version=1, setup=load, setup_keys=("model", "dtype"),
       resources={"num_cpus": 1},
-      smoke={"model": "tiny-gpt2", "max_prompts": 1, "max_new_tokens": 3, "max_steps": 10, "num_probes": 2})
+      smoke={"model": "tiny-gpt2", "max_prompts": 1, "max_new_tokens": 3, "max_steps": 10, "num_probes": 2},
+      measured=("attr_seconds",))
 def sequence(params: SequenceParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Sequence-level ReAGent experiment: greedy continuation of each prompt, every stride-th token scored."""
     import torch

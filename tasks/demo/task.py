@@ -44,7 +44,7 @@ class SleepParams(TaskParams):
     seconds: float = Field(0.1, ge=0)
 
 
-@task("demo.sleep", params=SleepParams, smoke={"i": 2, "seconds": 0.01})
+@task("demo.sleep", params=SleepParams, smoke={"i": 2, "seconds": 0.01}, measured=("t_start", "t_end", "pid"))
 def sleep(params: SleepParams, ctx: RunContext) -> dict[str, Any]:
     """Sleeps, then reports when and where it ran (concurrency and placement tests)."""
     start = time.time()
@@ -134,7 +134,7 @@ def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
 
 
 @task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",),
-      smoke={"model": "tiny", "i": 2})
+      smoke={"model": "tiny", "i": 2}, measured=("loaded_at", "pid"))
 def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     """Uses the model its worker loaded (model-reuse tests): which model, loaded when, by which process."""
     model = ctx.setup

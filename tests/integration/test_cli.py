@@ -117,3 +117,36 @@ def test_driver_sigkill_at_three_points_then_resume(write_spec, tmp_path: Path) 
     assert not list(stage_dir.glob(".tmp-*"))  # half-written parts of killed drivers are cleaned up
     print(f"\ndriver kills: 3 kills, stored after each: {first}, {second}, {third}; final 300 runs, 0 lost, "
           "0 duplicated")
+
+
+def test_ctrl_c_during_tuning_stops_the_sweep_and_resumes(write_spec, tmp_path: Path) -> None:
+    # Invariant: SIGINT during a tune stage stops the whole sweep (exit 130, the resume message), not just
+    # one group's search; re-running asks only for the missing trials and re-runs no stored one.
+    spec = write_spec("""\
+        name: tunestop
+        stages:
+          val:
+            task: demo.sleep
+            params: {i: {grid: [1, 2]}}
+            tune: {metric: t_end, mode: min, group_by: [i], num_samples: 12, space: {seconds: {uniform: [0.2, 0.3]}}}
+    """)
+    results = tmp_path / "r"
+    stage_dir = results / "tunestop" / "val"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results),
+                               "--num-cpus", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and driver.poll() is None and not list(stage_dir.glob("part-*")):
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.communicate()
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    assert "finished runs are stored; run the same command to resume" in stderr
+    stored = load_results(str(results), "tunestop", "val", latest=False)
+    assert 0 < len(stored) < 24
+    resumed = cli("run", str(spec), "--results", str(results), "--num-cpus", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    after = load_results(str(results), "tunestop", "val", latest=False)
+    assert len(after) == 24 and after.run_id.is_unique and set(stored.run_id) <= set(after.run_id)

@@ -2,8 +2,8 @@
 
 A task must: declare smoke params; return flat scalar rows (at least one); use no orchestrator column and
 no parameter name with another value; give the same rows for the same run id and seed; refuse unknown
-parameters. Tasks whose rows carry wall-clock values by design are xfailed (strict) on determinism only:
-any other check failing, or any other column differing, still fails them.
+parameters. Columns a task declares `measured` (wall-clock times of the call) are left out of the
+determinism check; any other column differing fails.
 """
 
 from __future__ import annotations
@@ -26,16 +26,6 @@ from orchestrator.schema import RESERVED_COLUMNS, column_clash
 RUN_ID = "contract-smoke"
 SEED = 1234  # ctx.seed of a task without a `seed` parameter (the orchestrator derives one from the run id)
 
-# Task -> (columns that differ between identical calls by design, why). Measured, not guessed: each entry
-# is a strict xfail, so it fails the suite once the task becomes deterministic.
-NONDETERMINISTIC: dict[str, tuple[frozenset[str], str]] = {
-    "demo.sleep": (frozenset({"t_start", "t_end"}), "reports when it ran: t_start, t_end are time.time()"),
-    "demo.lookup": (frozenset({"loaded_at"}), "reports when its setup ran: loaded_at is time.time() at setup"),
-    "attribution.analogies": (frozenset({"attr_seconds"}), "rows carry attr_seconds, measured attribution time"),
-    "attribution.sequence": (frozenset({"attr_seconds"}), "rows carry attr_seconds, measured attribution time"),
-    "attribution.planted": (frozenset({"attr_seconds"}), "rows carry attr_seconds, measured attribution time"),
-}
-
 # Task -> why its case is marked slow (it still runs by default; `-m "not slow"` leaves it out). Its smoke
 # params are already minimal: the time is a first-use build of a built-in model no parameter shrinks.
 SLOW: dict[str, str] = {
@@ -43,18 +33,10 @@ SLOW: dict[str, str] = {
 }
 
 
-class NondeterministicRows(AssertionError):
-    """Two calls with the same run id, seed and params gave different rows (in expected columns only)."""
-
-
 def _cases() -> list[Any]:
     cases = []
     for name in sorted(task_map()):
         marks: list[Any] = [pytest.mark.slow] if name in SLOW else []
-        if name in NONDETERMINISTIC:
-            columns, why = NONDETERMINISTIC[name]
-            marks.append(pytest.mark.xfail(raises=NondeterministicRows, strict=True,
-                                           reason=f"{sorted(columns)} differ between identical calls: {why}"))
         cases.append(pytest.param(name, id=name, marks=marks))
     return cases
 
@@ -131,8 +113,7 @@ def test_task_contract(name: str, tmp_path: Path) -> None:
     np.random.seed(1)
     torch.manual_seed(1)
     again = normalize_rows(call_task(task, params, tmp_path / "second", RUN_ID, upstream)[0])
-    differ = differing_columns(rows, again)
-    expected = NONDETERMINISTIC.get(name, (frozenset(), ""))[0]
-    assert differ <= expected, f"{name}: columns {sorted(differ - expected)} differ between identical calls"
-    if differ:
-        raise NondeterministicRows(f"{name}: columns {sorted(differ)} differ between identical calls")
+    differ = differing_columns(rows, again) - set(task.measured)
+    assert not differ, f"{name}: columns {sorted(differ)} differ between identical calls (declare `measured=` " \
+                       "only for columns that time the call itself)"
+    assert set(task.measured) <= keys, f"{name}: declares measured columns it never returns"
