@@ -46,6 +46,8 @@ AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster a
 CpusOpt = Annotated[float | None, typer.Option("--num-cpus", help="CPUs of a local Ray.")]
 GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into stages that hold another task's results "
+                                        "(another spec with this sweep name).")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
                                           "inline: every run in this process, one after another, no Ray "
                                           "(debugging with breakpoint()).")]
@@ -159,7 +161,7 @@ class RichProgress:
 
 def _execute(spec: Path, overrides: list[str] | None, results: str | None, address: str | None,
              num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool,
-             executor: str) -> None:
+             executor: str, force: bool) -> None:
     connector: Connector | None = None
     progress = RichProgress()
     try:
@@ -169,7 +171,7 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
             raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
         clock = time.perf_counter()
         connector = Connector(sweep, executor, address, num_cpus, num_gpus, stages)
-        outcomes = run_sweep(sweep, store, connector, RunOptions(retry=retry, stages=stages), progress)
+        outcomes = run_sweep(sweep, store, connector, RunOptions(retry=retry, stages=stages, force=force), progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
         failed_now = sum(o.failed for o in outcomes)
@@ -195,17 +197,19 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
 @app.command()
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-        executor: ExecutorOpt = "ray") -> None:
+        executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
     """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False, executor=executor)
+    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False, executor=executor,
+             force=force)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-          executor: ExecutorOpt = "ray") -> None:
+          executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
     """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True, executor=executor)
+    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True, executor=executor,
+             force=force)
 
 
 @app.command()

@@ -84,6 +84,8 @@ def normalize_rows(output: Any) -> list[dict[str, Any]]:
                 value = value.item()
             if not isinstance(value, SCALARS):
                 raise TypeError(f"row {i} column '{key}' holds a {type(value).__name__}; rows take scalars only")
+            if str(key) in fixed:
+                raise TypeError(f"row {i} has keys {key!r} and '{key}', which name the same column")
             fixed[str(key)] = value
         clean.append(fixed)
     return clean

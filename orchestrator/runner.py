@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.context import Upstream
-from orchestrator.errors import SpecError
+from orchestrator.errors import SpecError, StoreError
 from orchestrator.execute import ListSource, OnResult, RunPayload, RunResult, StageExecution, WorkItem, WorkSource
 from orchestrator.plan import StagePlan, SweepPlan
 from orchestrator.provenance import git_commit, package_versions
 from orchestrator.runs import Run
-from orchestrator.schema import FAILED, MISSING_UPSTREAM, OK, result_rows
+from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, ColumnKinds, result_rows
 from orchestrator.store import ResultStore, RowWriter, RunState, SweepLock
 from orchestrator.tune import GroupSearch, TrialSource, best_rows, new_study, stored_trials
 
@@ -62,6 +62,7 @@ class RunOptions:
     flush_rows: int = 5000
     flush_s: float = 2.0
     stages: list[str] | None = None  # only these stages (default: all)
+    force: bool = False  # write into a stage that holds another task's results
 
 
 @dataclass
@@ -121,6 +122,7 @@ class StageRun:
         self.plan, self.store, self.stage, self.options, self.progress = plan, store, stage, options, progress
         self.resolved, self.scratch = resolved, scratch
         self.states = store.run_states(stage.name)
+        self.kinds = ColumnKinds(store.column_kinds(stage.name))
         self.outcome = StageOutcome(stage.name)
         self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s)
         self.runs: dict[str, Run] = {}
@@ -170,7 +172,16 @@ class StageRun:
 
     def on_result(self, item: WorkItem, result: RunResult) -> None:
         run = self.runs.pop(item.payload.run_id)
-        self.writer.add(result_rows(run, result, git_commit(), package_versions()))
+        rows = result_rows(run, result, git_commit(), package_versions())
+        problem = self.kinds.problem(rows)
+        if problem is not None:  # a value Parquet cannot hold beside the stage's other rows: a failure row
+            result.status, result.error_type, result.error, result.rows = FAILED, BAD_OUTPUT, problem, []
+            rows = result_rows(run, result, git_commit(), package_versions())
+            if self.kinds.problem(rows) is not None:
+                raise StoreError(f"{self.store.stage_dir(self.stage.name)}: cannot store run {run.run_id}: "
+                                 f"{self.kinds.problem(rows)}")
+        self.kinds.accept(rows)
+        self.writer.add(rows)
         if result.artifact_dir:
             self.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
@@ -238,6 +249,7 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
             for name in plan.order:
                 if name in selected:
                     stage = plan.stages[name]
+                    _refuse_foreign_results(store, stage, options.force)
                     runner = StageRun(plan, store, stage, options, progress, resolved, scratch)
                     if stage.kind == "tune":
                         _run_tune(runner, ensure_executor)
@@ -248,6 +260,17 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return outcomes
+
+
+def _refuse_foreign_results(store: ResultStore, stage: StagePlan, force: bool) -> None:
+    """A stage holding another task's rows means another spec writes into this sweep name: refuse."""
+    others = store.stage_tasks(stage.name) - {stage.task.name}
+    if others and not force:
+        raise StoreError(
+            f"{store.stage_dir(stage.name)}: stage '{stage.name}' holds results of task {', '.join(sorted(others))}, "
+            f"but this spec runs {stage.task.name} there: another spec writes into sweep '{store.sweep}'. Give "
+            "this spec its own `name:`, or pass --force to add its rows beside them"
+        )
 
 
 def _run_runs(runner: StageRun, runs: list[Run] | None, ensure_executor: Callable[[], Executor]) -> None:

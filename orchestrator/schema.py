@@ -51,6 +51,80 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
 RESERVED_COLUMNS: tuple[str, ...] = tuple(COLUMN_TYPES)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def value_kind(value: Any) -> str | None:
+    """The storable kind of a row value: bool, int, float, string (None for a null)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "timestamp" if isinstance(value, datetime) else type(value).__name__
+
+
+def arrow_kind(kind: pa.DataType) -> str | None:
+    """The kind a stored column holds (None for an all-null column, which takes any kind)."""
+    if pa.types.is_null(kind):
+        return None
+    if pa.types.is_boolean(kind):
+        return "bool"
+    if pa.types.is_integer(kind):
+        return "int"
+    if pa.types.is_floating(kind):
+        return "float"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "string"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return "list"
+    return "timestamp" if pa.types.is_timestamp(kind) else str(kind)
+
+
+def merged_kind(stored: str | None, new: str | None) -> str | None:
+    """The column's kind once `new` joins `stored`, or "" when they cannot share a column.
+
+    The one widening: int and float make float (every int64 a run returns is stored as float64 then).
+    """
+    if stored is None or new is None or stored == new:
+        return stored or new
+    return "float" if {stored, new} == {"int", "float"} else ""
+
+
+class ColumnKinds:
+    """A stage's column kinds as stored so far: a run whose rows contradict them is refused (bad_output)."""
+
+    def __init__(self, kinds: dict[str, str | None] | None = None) -> None:
+        self.kinds: dict[str, str | None] = dict(kinds or {})
+
+    def problem(self, rows: list[dict[str, Any]]) -> str | None:
+        """Why these rows cannot be stored beside the stage's other rows, or None."""
+        kinds = dict(self.kinds)
+        for row in rows:
+            for column, value in row.items():
+                kind = value_kind(value)
+                if kind == "int" and not INT64_MIN <= value <= INT64_MAX:
+                    return f"column '{column}' holds {value}, which does not fit a 64-bit integer"
+                merged = merged_kind(kinds.get(column), kind)
+                if merged == "":
+                    return (f"column '{column}' holds a {kind} ({value!r:.80}) but the stage's results store it "
+                            f"as {kinds[column]}; a column keeps one type (int may widen to float)")
+                kinds[column] = merged
+        return None
+
+    def accept(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            for column, value in row.items():
+                self.kinds[column] = merged_kind(self.kinds.get(column), value_kind(value)) or self.kinds.get(column)
+
+
 def param_column(value: Any) -> Any:
     """Parameters are columns; nested values are stored as canonical JSON text."""
     if isinstance(value, (dict, list)):

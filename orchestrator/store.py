@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError
-from orchestrator.schema import COLUMN_TYPES
+from orchestrator.schema import COLUMN_TYPES, arrow_kind, merged_kind
 
 PART_PREFIX = "part-"
 QUARANTINE = "_quarantine"
@@ -190,10 +190,29 @@ class ResultStore:
         if not tables:
             return pa.table({"run_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
                              "attempt": pa.array([], pa.int64())})
-        table = pa.concat_tables(tables, promote_options="permissive")
+        table = _concat(tables)
         if latest and table.num_rows:
             table = latest_attempts(table)
         return table
+
+    def column_kinds(self, stage: str) -> dict[str, str | None]:
+        """The kind (int, float, string, ...) of every column stored for a stage, from the parts' schemas."""
+        kinds: dict[str, str | None] = {}
+        for path in self.part_files(stage):
+            try:
+                with self.fs.open_input_file(path) as handle:
+                    schema = pq.read_schema(handle)
+            except (pa.ArrowInvalid, OSError):
+                continue  # unreadable parts are reported (and quarantined by `run`) when the stage is read
+            for field in schema:
+                merged = merged_kind(kinds.get(field.name), arrow_kind(field.type))
+                kinds[field.name] = merged if merged != "" else "string"  # a stage mixed before the checks
+        return kinds
+
+    def stage_tasks(self, stage: str) -> set[str]:
+        """The task names a stage's stored rows were computed by."""
+        table = self.read_stage(stage, columns=["task"], latest=False)
+        return set(table.column("task").to_pylist()) - {None} if "task" in table.column_names else set()
 
     def run_states(self, stage: str) -> dict[str, RunState]:
         """run_id -> status and attempt of the latest stored attempt."""
@@ -252,6 +271,32 @@ class ResultStore:
             pafs.copy_files(self.artifact_dir(run_id), str(target), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
         return target
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Parts as one table: numeric columns widen (int -> float); a column whose parts disagree otherwise
+    (possible only in stages written before rows were checked) is read as text, with a warning."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        kinds: dict[str, set[str]] = {}
+        for table in tables:
+            for field in table.schema:
+                kinds.setdefault(field.name, set()).add(str(arrow_kind(field.type)))
+        mixed = sorted(name for name, seen in kinds.items() if len(seen - {"None"}) > 1 and seen - {"None"} != {
+            "int", "float"})
+        warnings.warn(f"columns {', '.join(mixed)} hold different types in different parts; read as text",
+                      stacklevel=3)
+        fixed = []
+        for table in tables:
+            for name in mixed:
+                if name in table.column_names:
+                    index = table.column_names.index(name)
+                    text = pa.array([None if v is None else str(v) for v in table.column(name).to_pylist()],
+                                    pa.string())
+                    table = table.set_column(index, name, text)
+            fixed.append(table)
+        return pa.concat_tables(fixed, promote_options="permissive")
 
 
 def latest_attempts(table: pa.Table) -> pa.Table:
