@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from orchestrator import cluster
 from orchestrator.api import Connector
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
@@ -68,6 +69,20 @@ def _load(spec: Path, overrides: list[str] | None, results: str | None) -> tuple
     return plan, ResultStore(_results_root(results, loaded.spec.results), loaded.name)
 
 
+def _nodes_for(address: str | None, num_cpus: float | None, num_gpus: float | None) -> list[cluster.NodeInfo]:
+    """The nodes runs would be checked against: the cluster at `address` (attached, then detached), or what
+    a local Ray with these options would have."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        return cluster.local_nodes(num_cpus, num_gpus)
+    started = cluster.connect(address, num_cpus, num_gpus)
+    try:
+        return cluster.alive_nodes()
+    finally:
+        if started:
+            cluster.shutdown()
+
+
 def _fail(exc: OrchestratorError) -> None:
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
@@ -87,10 +102,18 @@ def _summary_table(title: str, summaries: list[StageSummary]) -> Table:
 
 
 @app.command()
-def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
-    """Dry run: validate the spec and show, per stage, the runs, resources and how many are done. No Ray."""
+def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
+         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None) -> None:
+    """Dry run: validate the spec and show, per stage, the runs, resources and how many are done.
+
+    Starts no Ray: resources are checked against what a local Ray would have (or, with --address, against
+    the cluster's nodes), with the message `run` gives.
+    """
     try:
         sweep, store = _load(spec, overrides, results)
+        nodes = _nodes_for(address, num_cpus, num_gpus)
+        for name in sweep.order:
+            cluster.check_feasible(name, sweep.stages[name].resources, nodes)
         summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         _fail(exc)

@@ -106,6 +106,17 @@ def alive_nodes() -> list[NodeInfo]:
     return [NodeInfo(n["NodeID"], dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
 
 
+def local_nodes(num_cpus: float | None = None, num_gpus: float | None = None) -> list[NodeInfo]:
+    """The node a local Ray started with these options would have, by Ray's own resource detection,
+    without starting it (so `plan` refuses what `run` would); [] where Ray is not installed."""
+    try:
+        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+    except ImportError:
+        return []
+    spec = ResourceAndLabelSpec(num_cpus=num_cpus, num_gpus=num_gpus).resolve(is_head=True)  # type: ignore[arg-type]
+    return [NodeInfo("local", {k: float(v) for k, v in spec.to_resource_dict().items()})]
+
+
 def ray_options(resources: Resources) -> dict[str, Any]:
     """The `.options(...)` of a Ray task or actor that reserves `resources` (the one mapping)."""
     options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
@@ -157,8 +168,8 @@ def capacity(resources: Resources, nodes: list[NodeInfo] | None = None) -> int:
 def check_feasible(stage: str, resources: Resources, nodes: list[NodeInfo] | None = None) -> None:
     """Refuse a stage no node can run: Ray would leave it pending forever."""
     nodes = alive_nodes() if nodes is None else nodes
-    if any(slots_on(node, requirements(resources)) > 0 for node in nodes):
-        return
+    if not nodes or any(slots_on(node, requirements(resources)) > 0 for node in nodes):
+        return  # no nodes: nothing known to check against (Ray not installed)
     totals: dict[str, float] = {}
     for node in nodes:
         for name, amount in node.resources.items():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from orchestrator.store import load_results
 from tests.helpers import executing_workers
@@ -150,3 +151,22 @@ def test_ctrl_c_during_tuning_stops_the_sweep_and_resumes(write_spec, tmp_path: 
     assert resumed.returncode == 0, resumed.stderr
     after = load_results(str(results), "tunestop", "val", latest=False)
     assert len(after) == 24 and after.run_id.is_unique and set(stored.run_id) <= set(after.run_id)
+
+
+@pytest.mark.parametrize("resources", ["{num_cpus: 64}", "{num_gpus: 1}", "{memory: 1TiB}",
+                                       "{accelerator_type: H100}"])
+def test_plan_refuses_infeasible_resources_as_run_does(write_spec, tmp_path: Path, resources: str) -> None:
+    # Invariant: `plan` checks requests against what a local Ray would have, starts none, and refuses with
+    # exactly the message `run` gives (exit 2); --num-cpus / --num-gpus change what it checks against.
+    spec = write_spec(f"name: big\nstages:\n  s: {{task: demo.quadratic, resources: {resources}, params: {{x: 1}}}}\n")
+    planned = cli("plan", str(spec), "--results", str(tmp_path / "r"), cwd=tmp_path)
+    ran = cli("run", str(spec), "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert planned.returncode == ran.returncode == 2, planned.stderr + ran.stderr
+    def refusal(done: subprocess.CompletedProcess[str]) -> str:  # free memory may move between the two calls
+        text = done.stderr.replace("\n", "")
+        return text[text.index("error:"):text.index("(largest node")]
+
+    assert "which no node can provide" in refusal(planned) and refusal(planned) == refusal(ran)
+    assert "Token authentication" not in planned.stderr  # no Ray was started by plan
+    if resources == "{num_cpus: 64}":
+        assert cli("plan", str(spec), "--results", str(tmp_path / "r"), "--num-cpus", "64", cwd=tmp_path).returncode == 0
