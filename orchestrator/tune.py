@@ -138,14 +138,26 @@ def objective_of(rows: list[dict[str, Any]], metric: str) -> float:
 # ---------------------------------------------------------------- the search
 
 
+REPEAT_ALLOWANCE = 10  # per trial still wanted: proposals of already-known configs before a group gives up
+
+
 @dataclass
 class GroupSearch:
-    """One group's Optuna study and the trials it still has to propose."""
+    """One group's Optuna study and the distinct trials it still has to run.
+
+    A proposal whose run is already known (stored, or finished in this command) is told its value and
+    does not count as a new trial; a group whose space has fewer distinct points than it wants stops
+    after `REPEAT_ALLOWANCE` such repeats per wanted trial.
+    """
 
     group: Group
     study: Any
     to_ask: int
     outstanding: int = 0
+    repeats_left: int = 0
+
+    def __post_init__(self) -> None:
+        self.repeats_left = REPEAT_ALLOWANCE * max(self.to_ask, 1)
 
 
 @dataclass
@@ -192,15 +204,20 @@ class TrialSource:
 
     def _propose(self, search: GroupSearch) -> WorkItem | None:
         trial = search.study.ask(self.distributions)
-        search.to_ask -= 1
         run = self.make_run({**search.group.base, **trial.params})
+        repeat = run.run_id in self.known or run.run_id in self.pending
+        if repeat:
+            search.repeats_left -= 1
+            if search.repeats_left <= 0:
+                search.to_ask = 0
+        else:
+            search.to_ask -= 1
         if run.run_id in self.known:
             _tell(search.study, trial, self.known[run.run_id])
             return None
-        waiting = self.pending.get(run.run_id)
         search.outstanding += 1
-        if waiting is not None:
-            waiting.append((search, trial))
+        if repeat:
+            self.pending[run.run_id].append((search, trial))
             return None
         self.pending[run.run_id] = [(search, trial)]
         return self.make_item(run)
@@ -224,11 +241,15 @@ def _tell(study: Any, trial: Any, value: float) -> None:
 
 
 def new_study(tune: TuneSpec, group: Group, distributions: dict[str, Any], previous: list[Trial]) -> Any:
-    """A seeded study for one group, told the group's stored trials (warm start on resume)."""
+    """A seeded study for one group, told the group's stored trials (warm start on resume).
+
+    The seed also counts the stored trials, so a resumed search does not replay the random start-up
+    proposals of the first (they would all be repeats).
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = (tune.seed + zlib.crc32(canonical_json(group.key).encode())) % 2**31
+    seed = (tune.seed + zlib.crc32(canonical_json(group.key).encode()) + 7919 * len(previous)) % 2**31
     study = optuna.create_study(
         direction="maximize" if tune.mode == "max" else "minimize", sampler=optuna.samplers.TPESampler(seed=seed)
     )
