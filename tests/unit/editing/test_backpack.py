@@ -109,6 +109,47 @@ def test_save_and_load_roundtrip(world, tmp_path):
     assert loaded.lm_head.weight is loaded.backpack.word_embeddings.weight
 
 
+class _OriginalLayout(torch.nn.Module):
+    """The module tree of the published Backpack (stanfordnlp/backpack-gpt2's modelling file, read, not
+    copied): its BackpackGPT2Model also registers the GPT-2 embeddings as `word_embeddings` and
+    `position_embeddings`, so its state dict names them twice; the LM head is tied to the word embeddings."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.backpack = torch.nn.Module()
+        self.backpack.gpt2_model = model.backpack.gpt2_model
+        self.backpack.sense_network = model.backpack.sense_network
+        self.backpack.word_embeddings = model.backpack.gpt2_model.wte
+        self.backpack.position_embeddings = model.backpack.gpt2_model.wpe
+        self.backpack.sense_weight_net = model.backpack.sense_weight_net
+        self.lm_head = model.lm_head
+
+
+@pytest.mark.parametrize("file_format", ["bin", "safetensors"])
+def test_load_a_state_dict_laid_out_as_the_originals_modules(world, tmp_path, file_format):
+    # invariant: a checkpoint saved from the original's module layout (embedding aliases included) loads
+    # into the same model; aliases that differ from wte / wpe are refused, naming the key
+    from safetensors.torch import save_file
+
+    model, tokenizer, *_ = world
+    state = _OriginalLayout(model).state_dict()
+    assert {"backpack.word_embeddings.weight", "backpack.position_embeddings.weight"} <= set(state)
+    (tmp_path / "config.json").write_text(model.config.to_json_string())
+    if file_format == "bin":
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    else:  # safetensors stores no shared tensors: each alias is its own copy
+        save_file({k: v.clone().contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    loaded, _ = load_backpack(str(tmp_path))
+    ids = torch.tensor([tokenizer("n1 lives in c2 . n3 lives")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    state["backpack.position_embeddings.weight"] = state["backpack.position_embeddings.weight"] + 1e-3
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="backpack.position_embeddings.weight"):
+        load_backpack(str(tmp_path))
+
+
 def test_sense_offsets_select_and_add_exactly(world):
     from tasks.editing.senses import SenseOffsets
 
