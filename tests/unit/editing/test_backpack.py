@@ -146,7 +146,7 @@ def test_load_a_state_dict_laid_out_as_the_originals_modules(world, tmp_path, fi
     state["backpack.position_embeddings.weight"] = state["backpack.position_embeddings.weight"] + 1e-3
     torch.save(state, tmp_path / "pytorch_model.bin")
     (tmp_path / "model.safetensors").unlink(missing_ok=True)
-    with pytest.raises(ValueError, match="backpack.position_embeddings.weight"):
+    with pytest.raises(ValueError, match=r"backpack\.position_embeddings\.weight"):
         load_backpack(str(tmp_path))
 
 
