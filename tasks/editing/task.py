@@ -464,7 +464,7 @@ class CausalTraceParams(TaskParams):
 @task(
     "editing.causal_trace",
     params=CausalTraceParams,
-    version=1,
+    version=2,  # 2: the noise std counts every subject-token occurrence (1: unique ids)
     setup=load_model,
     setup_keys=("model",),
     resources={"num_cpus": 1},
