@@ -568,12 +568,14 @@ class EnsembleParams(TaskParams):
     seed: int = 0
 
 
-@task("editing.ensemble", params=EnsembleParams, version=1, setup=load_model, setup_keys=("model",),
+# version 2: combined over the larger model's vocabulary, before-edit scores and G_0 on the sliced larger model
+@task("editing.ensemble", params=EnsembleParams, version=2, setup=load_model, setup_keys=("model",),
       resources={"num_cpus": 1})
 def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     """A sense-fine-tuned Backpack ensembled with a larger LM (Hewitt et al. 2024, section 5.3): beta
     searched down from 1 by 0.1 until general loss < (1 + league) x the larger model's; success, hard
-    negatives and degradation of the ensemble vs the larger model alone. Maths: ensemble.py."""
+    negatives and degradation of the ensemble vs the larger model alone, both over the larger model's
+    vocabulary (the tokenizer's ids, without logit padding, as the original). Maths: ensemble.py."""
     from tasks.editing import _arch, data, evaluation
     from tasks.editing.ensemble import EnsembleLM, search_beta
     from tasks.editing.models import load_model as load
@@ -601,9 +603,11 @@ def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     sets = evaluation.build_eval_sets(
         tokenizer, dataset, general, max_length, params.max_eval, params.max_hard_negative, params.eval_batch_size
     )
-    found = search_beta(large, edited, sets.general_chunks, params.league, device, params.beta_start, params.beta_step)
-    before = evaluation.evaluate(large, tokenizer, sets, device)
-    after = evaluation.evaluate(EnsembleLM(large, edited, found.beta), tokenizer, sets, device)
+    vocab = tokenizer.vocab_size  # the larger model's vocabulary (shared tokenizer), without logit padding
+    found = search_beta(large, edited, sets.general_chunks, params.league, device, vocab_size=vocab,
+                        start=params.beta_start, step=params.beta_step)
+    before = evaluation.evaluate(EnsembleLM(large, edited, 0.0, vocab), tokenizer, sets, device)
+    after = evaluation.evaluate(EnsembleLM(large, edited, found.beta, vocab), tokenizer, sets, device)
     rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
     rows[-1].update(method="ensemble", beta=found.beta, betas_tried=len(found.tried), n_senses_selected=len(pairs))
     return uniform_rows(rows)

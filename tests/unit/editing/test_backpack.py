@@ -259,10 +259,11 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
     chunks = compute.encode_texts(tokenizer, general, 64)
     large_alone = evaluation.evaluate(large_lm, tokenizer, sets, "cpu")
     results = {}
+    vocab = tokenizer.vocab_size
     for league in (1e-2, 1e-3, 1e-5):
-        found = search_beta(large_lm, trained, chunks, league, "cpu")
+        found = search_beta(large_lm, trained, chunks, league, "cpu", vocab_size=vocab)
         # measured: the ensemble's general loss at the chosen beta is inside the ball
-        measured, _ = compute.text_loss(EnsembleLM(large_lm, trained, found.beta), chunks, "cpu")
+        measured, _ = compute.text_loss(EnsembleLM(large_lm, trained, found.beta, vocab), chunks, "cpu")
         assert measured == pytest.approx(found.general_loss)
         assert measured < found.general_loss_large * (1 + league) or found.beta == 0.0
         # every larger beta tried was outside the ball, and the search stops at the first inside it
@@ -271,12 +272,54 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
         print("league", league, "beta", found.beta, "G", found.general_loss, "G0", found.general_loss_large)
     assert results[1e-2].beta >= results[1e-3].beta >= results[1e-5].beta  # tighter league, smaller beta
     assert results[1e-2].beta > 0
-    ens = evaluation.evaluate(EnsembleLM(large_lm, trained, results[1e-2].beta), tokenizer, sets, "cpu")
+    ens = evaluation.evaluate(EnsembleLM(large_lm, trained, results[1e-2].beta, vocab), tokenizer, sets, "cpu")
     # the edit carries over: the new city's NLL drops on every held-out phrasing
     assert (ens.eval_nll < large_alone.eval_nll).all()
     with torch.no_grad():  # beta 0 is the larger model exactly
         ids = torch.tensor([tokenizer("n3 lives in")["input_ids"]])
-        assert torch.equal(EnsembleLM(large_lm, trained, 0.0)(ids).logits, large_lm(input_ids=ids).logits)
+        assert torch.equal(EnsembleLM(large_lm, trained, 0.0, vocab)(ids).logits, large_lm(input_ids=ids).logits)
+
+
+def _padded_logits(model, extra: int):
+    """The same GPT-2 with `extra` random rows appended to its (tied) embedding: logits padded past the
+    tokenizer's ids, as GPT-J pads GPT-2's 50257 ids to 50400."""
+    from transformers import GPT2LMHeadModel
+
+    config = model.config.to_dict()
+    config["vocab_size"] = model.config.vocab_size + extra
+    padded = GPT2LMHeadModel(type(model.config).from_dict(config)).eval()
+    state = model.state_dict()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(1)
+        wte = torch.cat([state["transformer.wte.weight"], torch.randn(extra, model.config.n_embd)])
+    state = {**state, "transformer.wte.weight": wte, "lm_head.weight": wte}
+    padded.load_state_dict(state)
+    return padded
+
+
+def test_ensemble_combines_over_the_larger_models_vocabulary(world, sense_edit, large_lm):
+    # invariant: the ensemble and its G_0 see only the tokenizer's ids: padding the larger model's logits
+    # changes neither (the original slices both models to 50257 and scores G_0 on the sliced GPT-J)
+    from tasks.editing import compute
+    from tasks.editing.ensemble import EnsembleLM, search_beta
+
+    _, tokenizer, general, _ = world
+    trained = sense_edit[0]
+    vocab = tokenizer.vocab_size
+    padded = _padded_logits(large_lm, extra=7)
+    ids = torch.tensor([tokenizer("the n0 lives in")["input_ids"]])
+    with torch.no_grad():
+        for beta in (0.0, 0.5):
+            got = EnsembleLM(padded, trained, beta, vocab)(ids).logits
+            assert got.shape[-1] == vocab
+            assert torch.allclose(got, EnsembleLM(large_lm, trained, beta, vocab)(ids).logits, atol=1e-5)
+    chunks = compute.encode_texts(tokenizer, general, 64)
+    found = search_beta(large_lm, trained, chunks, 1e-2, "cpu", vocab_size=vocab)
+    found_padded = search_beta(padded, trained, chunks, 1e-2, "cpu", vocab_size=vocab)
+    assert found_padded.general_loss_large == pytest.approx(found.general_loss_large, rel=1e-6)
+    assert found_padded.beta == found.beta
+    unsliced, _ = compute.text_loss(padded, chunks, "cpu")  # the padded model's own loss: another G_0
+    assert unsliced > found.general_loss_large * (1 + 1e-3)
 
 
 @pytest.fixture(scope="module")
