@@ -629,6 +629,10 @@ class MemitParams(TaskParams):
     kl_factor: float = Field(0.0625, ge=0)  # sweep: U(0.001, 0.1)
     clamp_norm_factor: float = Field(0.75, gt=0)  # sweep: 10^U(-1.35, 0)
     mom2_update_weight: float = Field(15000.0, gt=0)  # sweep: randint(9000, 75000)
+    # the fork's behaviours (sarahlc888/memit compute_z.py; the paper's runs had them; see rome.compute_v):
+    fork_anti_prompts: bool = False  # verb anti prompts end in the target's leading tokens
+    fork_length_norm: bool = False  # balance / verb losses divide both NLLs by one target's length
+    fork_negative_stop: float | None = None  # stereoset / verb optimisation stops below this (fork: -50)
     template_lengths: list[tuple[int, int]] = [(10, 10)]
     context_templates: list[str] | None = None
     league: float | None = Field(None, gt=0)  # in_league = degradation_general < league
@@ -695,7 +699,8 @@ def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
         layers=tuple(layers), v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
         v_weight_decay=params.v_weight_decay, kl_factor=params.kl_factor,
         clamp_norm_factor=params.clamp_norm_factor, mom2_update_weight=params.mom2_update_weight,
-        loss_type=dataset.loss_type,
+        loss_type=dataset.loss_type, fork_anti_prompts=params.fork_anti_prompts,
+        fork_length_norm=params.fork_length_norm, fork_negative_stop=params.fork_negative_stop,
     )
     before = evaluation.evaluate(model, tokenizer, sets, device)
     result = memit.compute_memit(model, tokenizer, requests, hp, templates, covs, device)
