@@ -10,6 +10,9 @@
   sequence level. Same for NC. Positive = more faithful than random.
 - `example_table(df)`: one line per example (the README / Colab table): its target tokens joined by
   '$' and metric_soft_ns = ln(sum_t NS_t / sum_t randomNS_t) over its targets, likewise NC.
+Both tables show, on ReAGent's lines, the rule that scored the targets no probe stopped on
+(`on_no_convergence`: "nan" = the original's Soft-NS 0 / Soft-NC 1, "mean_all" = the mean of all
+probes) and keep the two rules apart; the column is empty on the baselines' lines, which it does not affect.
 - `to_markdown(table)`: a plain Markdown rendering (no extra dependency).
 """
 
@@ -25,6 +28,14 @@ GROUP_CANDIDATES = ("task", "model", "dataset", "prompts", "method")
 SETTING_COLUMNS = ("dtype", "keep_top_n", "keep_ratio", "stop_top_k", "replace_ratio", "max_steps", "num_probes",
                    "sampler", "normalization", "distance", "original_sequence_attention")
 METRICS = ("soft_ns", "random_soft_ns", "soft_nc", "random_soft_nc")
+RULE_COLUMN = "on_no_convergence"  # ReAGent only: how targets no probe stopped on were scored
+
+
+def _with_rule(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the no-convergence rule kept on ReAGent's rows and blanked on the baselines'."""
+    if RULE_COLUMN not in df.columns or "method" not in df.columns or not (df["method"] == "reagent").any():
+        return df
+    return df.assign(**{RULE_COLUMN: df[RULE_COLUMN].where(df["method"] == "reagent", "")})
 
 
 def _example_key(df: pd.DataFrame) -> str:
@@ -43,6 +54,8 @@ def _groups(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
     if by is None:
         cols = [c for c in GROUP_CANDIDATES if c in df.columns]
         cols += [c for c in SETTING_COLUMNS if c in df.columns and df[c].nunique(dropna=False) > 1]
+        if RULE_COLUMN in df.columns and "method" in df.columns and (df["method"] == "reagent").any():
+            cols.append(RULE_COLUMN)
     else:
         cols = list(by)
     missing = [c for c in cols if c not in df.columns]
@@ -55,6 +68,7 @@ def method_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
     """Per-method faithfulness: means of the four metrics, n, and ln ratios against random (see module doc)."""
     if "status" in df.columns:
         df = df[df["status"].fillna("ok") == "ok"]
+    df = _with_rule(df)
     groups = _groups(df, by)
     key = _example_key(df)
     out = []
@@ -78,6 +92,7 @@ def method_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
 
 def example_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Per example (prompt): target tokens and ln(sum NS / sum random NS), ln(sum NC / sum random NC)."""
+    df = _with_rule(df)
     groups = _groups(df, by)
     key = _example_key(df)
     out = []

@@ -45,7 +45,7 @@ class AttributionParams(TaskParams):
     max_steps: int = Field(5000, ge=1)
     num_probes: int = Field(5, ge=1)
     overlap_threshold: int = Field(2, ge=0)
-    on_no_convergence: Literal["mean_all", "nan"] = "mean_all"
+    on_no_convergence: Literal["mean_all", "nan"] = "mean_all"  # "nan": the original (Soft-NS 0, Soft-NC 1)
     sampler: Literal["pos", "uniform", "inferential"] = "pos"
     pos_tagger: Literal["auto", "nltk", "coarse"] = "auto"
     pos_tag_map: str | None = None  # JSON {tag: [ids]}; overrides pos_tagger

@@ -145,12 +145,14 @@ class NextTokenOptions:
       final partial window of a long document re-counts positions already counted.
     zero_eps: None (default) exact entropy; 1e-7 the original's zero replacement.
     entropy_aggregate: "tokens" (default) mean entropy over all counted positions of all documents;
-      "first_document" (original, notes 5.1) the mean over the first document only.
+      "first_document" (original, notes 5.1) the mean over the first non-empty document only.
     mean_probs_weighting: "window" (original, kept as default) averages the per-window mean distributions
       with equal weight per window; "token" weights every counted position equally.
     mean_probs_flush_every: None (default) keeps every document in the average distribution; 500
       (original, notes 5.2) adds pending windows only after documents whose index is a multiple of 500,
       dropping the documents after the last multiple.
+    Documents without tokens get a row (NaN statistics) but are otherwise skipped, as the original
+    skips them: they are never the "first document" and never flush (their index check is skipped).
     thresholds: tau values for the share of the vocabulary holding tau of the average mass.
     """
 
@@ -251,6 +253,9 @@ class NextTokenAggregator:
         if n_stat:
             self.totals["doc_confidence_sum"] += row["confidence"]
             self.totals["n_docs_scored"] += 1
+        self.doc_rows.append(row)
+        if doc.n_windows == 0:  # the original skips documents without tokens, its first-document pick and flush too
+            return [row]
         if self.first_doc_entropy is None:
             self.first_doc_entropy = row["entropy"]
         flush = self.options.mean_probs_flush_every
@@ -261,7 +266,6 @@ class NextTokenAggregator:
                 )
                 self.committed_n += self.pending_n
             self.pending_sum, self.pending_n = None, 0.0
-        self.doc_rows.append(row)
         return [row]
 
     def mean_probs(self) -> np.ndarray | None:

@@ -58,7 +58,7 @@ class NextTokenParams(TaskParams):
 @task(
     "diversity.next_token",
     params=NextTokenParams,
-    version=1,
+    version=2,  # 2: empty documents never give the first-document entropy nor flush (as the original)
     setup=load_lm,
     setup_keys=("model",),
     resources={"num_cpus": 1},

@@ -250,11 +250,34 @@ def _state_dict(directory: Path) -> dict:
     return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
 
 
+# Names the original's modules give the same tensors: its BackpackGPT2Model also registers the GPT-2
+# embeddings as `word_embeddings` / `position_embeddings`, and its LM head is tied to the word embeddings.
+ALIASES = {
+    "backpack.word_embeddings.weight": "backpack.gpt2_model.wte.weight",
+    "backpack.position_embeddings.weight": "backpack.gpt2_model.wpe.weight",
+    "lm_head.weight": "backpack.gpt2_model.wte.weight",
+}
+
+
+def _drop_aliases(state: dict, name: str) -> dict:
+    """The state dict without the original's alias names, each checked to equal the tensor it names."""
+    state = dict(state)
+    for alias, target in ALIASES.items():
+        if alias in state and target in state:
+            value = state.pop(alias)
+            if not torch.equal(value, state[target]):
+                raise ValueError(f"Backpack checkpoint {name}: {alias} differs from {target}, which it aliases")
+    return state
+
+
 def load_backpack(name_or_path: str, device: str = "cpu", dtype=None):
     """(model, tokenizer) from a local directory or a hub repo (stanfordnlp/backpack-gpt2; needs a hub).
 
-    The published checkpoint stores `backpack.*` and (tied) `lm_head.weight`; GPT-2 attention buffers
-    (attn.bias, attn.masked_bias) are ignored. A directory without a tokenizer gets the GPT-2 tokenizer.
+    The published checkpoint stores `backpack.*` and (tied) `lm_head.weight`; the original's module layout
+    also names the GPT-2 embeddings `backpack.word_embeddings` / `backpack.position_embeddings`: those
+    aliases (and lm_head.weight) are accepted when they equal wte / wpe, refused otherwise. GPT-2
+    attention buffers (attn.bias, attn.masked_bias) are ignored. A directory without a tokenizer gets the
+    GPT-2 tokenizer.
     """
     from transformers import AutoTokenizer
 
@@ -267,6 +290,7 @@ def load_backpack(name_or_path: str, device: str = "cpu", dtype=None):
     raw = {k: v for k, v in raw.items() if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
     model = BackpackLM(BackpackConfig(**raw))
     state = {k: v for k, v in _state_dict(directory).items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    state = _drop_aliases(state, name_or_path)
     state["lm_head.weight"] = state["backpack.gpt2_model.wte.weight"]  # tied to the word embeddings
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

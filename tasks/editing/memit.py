@@ -9,7 +9,8 @@ the context templates and the hook / restore machinery.
 For requests i = 1..n (prompt with "{}", subject, target[, target_alt]) and layers l_1 < ... < l_m:
 1. z_i: the residual stream (block output) of the LAST edited layer at the subject's last token that
    makes the target likely: rome.compute_v with the block as module (NLL + KL + weight decay, clamp,
-   early stop as ROME; loss variants for the pair datasets: see compute_v).
+   early stop as ROME; loss variants for the pair datasets and the fork's behaviours for multi-token
+   targets, `fork_anti_prompts`, `fork_length_norm`, `fork_negative_stop`: see compute_v).
 2. For each layer l in ascending order, on the model with the previous layers already updated:
    K (D x n) = keys at layer l (subject last token; mean over the context templates, the bare "{}"
    template weighing 1/2 as MEMIT's two template groups); R = z - h_L(current model, bare prompt);
@@ -53,6 +54,10 @@ class MemitHparams:
     clamp_norm_factor: float = 0.75
     mom2_update_weight: float = 15000.0
     loss_type: str = "good"
+    # the fork's behaviours for multi-token targets and unbounded losses (rome.compute_v); off = the paper's loss
+    fork_anti_prompts: bool = False
+    fork_length_norm: bool = False
+    fork_negative_stop: float | None = None
 
 
 @dataclass
@@ -119,7 +124,9 @@ def compute_memit(
         target = req.target if req.target.startswith(" ") else " " + req.target
         alt = None if req.target_alt is None else (req.target_alt if req.target_alt.startswith(" ") else " " + req.target_alt)
         z, _, loss, _ = rome.compute_v(model, tokenizer, rh, req.prompt, req.subject, target, templates, device,
-                                       module=block, loss_type=hp.loss_type, target_alt=alt)
+                                       module=block, loss_type=hp.loss_type, target_alt=alt,
+                                       fork_anti_prompts=hp.fork_anti_prompts, fork_length_norm=hp.fork_length_norm,
+                                       fork_negative_stop=hp.fork_negative_stop)
         zs.append(z)
         result.z_loss.append(loss)
     z = result.z = torch.stack(zs)  # (n, d)

@@ -195,17 +195,25 @@ def _with_output(out, tensor):
 
 def compute_v(
     model, tokenizer, hp: RomeHparams, prompt: str, subject: str, target: str, templates: Sequence[str], device,
-    module=None, loss_type: str = "good", target_alt: str | None = None,
+    module=None, loss_type: str = "good", target_alt: str | None = None, fork_anti_prompts: bool = False,
+    fork_length_norm: bool = False, fork_negative_stop: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """(v*, v_0, last loss, steps): the output of `module` (default: layer hp.layer's MLP output
     projection, ROME's value; MEMIT passes the block, i.e. the residual stream) at the subject's last
     token that makes `target` likely.
 
-    `loss_type` gives the canonical-examples variants of the MEMIT fork (run_memit.py): "good" (ROME's
-    NLL of target), "bad" (minus it: make target unlikely), "balance" (|NLL(target) - NLL(target_alt)|,
-    per-token means; gender " he" / " she") and "good-v-bad" (NLL(target) - NLL(target_alt); verbs). The
-    early stop (L < 5e-2) applies to "good" and "balance" only: the other two are unbounded below, and
-    the fork's threshold of -50 is reached only by the step budget in practice.
+    `loss_type` gives the canonical-examples variants of the MEMIT fork (sarahlc888/memit compute_z.py,
+    run_memit.py): "good" (ROME's NLL of target), "bad" (minus it: make target unlikely), "balance"
+    (|NLL(target) - NLL(target_alt)|, per-token means; gender " he" / " she") and "good-v-bad"
+    (NLL(target) - NLL(target_alt); verbs). Each target is read after its own leading tokens and its
+    summed NLL divided by its own length. The early stop (L < 5e-2) applies to "good" and "balance".
+    The fork's behaviours for multi-token targets, off by default (they change the numbers only then):
+    - fork_anti_prompts (compute_z_with_anti): the good-v-bad anti prompts end in the TARGET's leading
+      tokens, and the anti's ids are read at the last positions of those sequences;
+    - fork_length_norm: both summed NLLs divided by one length, the target's in good-v-bad
+      (compute_z_with_anti), the second target's (" she") in balance (compute_z_balance);
+    - fork_negative_stop: "bad" and "good-v-bad", unbounded below, also stop once L < this (-50 in the
+      fork's compute_z with flip_loss and compute_z_with_anti); None: only the step budget.
     """
     paired = loss_type in ("balance", "good-v-bad")
     if paired and target_alt is None:
@@ -214,14 +222,22 @@ def compute_v(
     target_ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
     if not all(target_ids):
         raise ValueError(f"target {targets!r} tokenizes to nothing")
+    norm_lengths = [len(ids_t) for ids_t in target_ids]
+    if fork_length_norm and paired:
+        shared = len(target_ids[0]) if loss_type == "good-v-bad" else len(target_ids[-1])
+        norm_lengths = [shared] * len(target_ids)
     rewrite_texts = [t.format(prompt).format(subject) for t in templates]
     seqs, lookups, label_starts, which = [], [], [], []
     for j, ids_t in enumerate(target_ids):
+        lead = target_ids[0] if fork_anti_prompts and loss_type == "good-v-bad" else ids_t
         for text in rewrite_texts:
             ids = _ids(tokenizer, text)
-            seqs.append(ids + ids_t[:-1])
+            seqs.append(ids + lead[:-1])
+            start = len(ids) + len(lead) - 1 - len(ids_t)  # logits at this position predict ids_t[0]
+            if start < 0:
+                raise ValueError(f"target {targets[j]!r} is longer than its rewriting prompt {text!r}")
             lookups.append(subject_last_index(tokenizer, text, subject))
-            label_starts.append(len(ids) - 1)  # logits at this position predict ids_t[0]
+            label_starts.append(start)
             which.append(j)
     kl_text = KL_PROMPT.format(subject)
     seqs.append(_ids(tokenizer, kl_text))
@@ -242,12 +258,13 @@ def compute_v(
         hidden[rows, lookup] = hidden[rows, lookup] + state["delta"].to(hidden.dtype)
         return _with_output(out, hidden)
 
-    def mean_nll(log_probs, j):  # per-token mean NLL of target j, averaged over its rewriting prompts
+    def mean_nll(log_probs, j):  # summed NLL of target j / its norm length, averaged over its rewriting prompts
         ids_t = torch.tensor(target_ids[j], device=ids.device)
         chosen = [i for i in range(n_rewrite) if which[i] == j]
         r = torch.tensor(chosen, device=ids.device)[:, None]
-        pos = torch.tensor([label_starts[i] for i in chosen], device=ids.device)[:, None] + torch.arange(len(ids_t), device=ids.device)
-        return -(log_probs[r, pos, ids_t[None, :]].sum(1) / len(ids_t)).mean()
+        starts = torch.tensor([label_starts[i] for i in chosen], device=ids.device)[:, None]
+        pos = starts + torch.arange(len(ids_t), device=ids.device)
+        return -(log_probs[r, pos, ids_t[None, :]].sum(1) / norm_lengths[j]).mean()
 
     with frozen_parameters(model):
         with _hook(proj, lambda m, a, out: state.update(d=_output_tensor(out).shape[-1])):
@@ -257,7 +274,7 @@ def compute_v(
         optimiser = torch.optim.Adam([delta], lr=hp.v_lr)
         kl_init = None
         loss_value, steps = float("nan"), 0
-        early_stop = loss_type in ("good", "balance")
+        stop_below = hp.early_stop_loss if loss_type in ("good", "balance") else fork_negative_stop
         with _hook(proj, add_delta):
             for it in range(hp.v_num_grad_steps):
                 optimiser.zero_grad()
@@ -278,7 +295,7 @@ def compute_v(
                 wd = hp.v_weight_decay * (delta.norm() / v_init.norm() ** 2)
                 loss = nll + kl + wd
                 loss_value = float(loss.detach())
-                if (early_stop and loss_value < hp.early_stop_loss) or it == hp.v_num_grad_steps - 1:
+                if (stop_below is not None and loss_value < stop_below) or it == hp.v_num_grad_steps - 1:
                     break
                 loss.backward()
                 optimiser.step()

@@ -467,7 +467,7 @@ class CausalTraceParams(TaskParams):
 @task(
     "editing.causal_trace",
     params=CausalTraceParams,
-    version=1,
+    version=2,  # 2: the noise std counts every subject-token occurrence (1: unique ids)
     setup=load_model,
     setup_keys=("model",),
     resources={"num_cpus": 1},
@@ -572,7 +572,8 @@ class EnsembleParams(TaskParams):
     seed: int = 0
 
 
-@task("editing.ensemble", params=EnsembleParams, version=1, setup=load_model, setup_keys=("model",),
+# version 2: combined over the larger model's vocabulary, before-edit scores and G_0 on the sliced larger model
+@task("editing.ensemble", params=EnsembleParams, version=2, setup=load_model, setup_keys=("model",),
       resources={"num_cpus": 1},
       smoke={"large_model": "tiny-backpack", "beta_step": 0.5, "max_eval": 1, "max_hard_negative": 1, "general_docs": 2,
              "kl_docs": 2, "max_length": 64},
@@ -583,7 +584,8 @@ class EnsembleParams(TaskParams):
 def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     """A sense-fine-tuned Backpack ensembled with a larger LM (Hewitt et al. 2024, section 5.3): beta
     searched down from 1 by 0.1 until general loss < (1 + league) x the larger model's; success, hard
-    negatives and degradation of the ensemble vs the larger model alone. Maths: ensemble.py."""
+    negatives and degradation of the ensemble vs the larger model alone, both over the larger model's
+    vocabulary (the tokenizer's ids, without logit padding, as the original). Maths: ensemble.py."""
     from tasks.editing import _arch, data, evaluation
     from tasks.editing.ensemble import EnsembleLM, search_beta
     from tasks.editing.models import load_model as load
@@ -611,9 +613,11 @@ def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     sets = evaluation.build_eval_sets(
         tokenizer, dataset, general, max_length, params.max_eval, params.max_hard_negative, params.eval_batch_size
     )
-    found = search_beta(large, edited, sets.general_chunks, params.league, device, params.beta_start, params.beta_step)
-    before = evaluation.evaluate(large, tokenizer, sets, device)
-    after = evaluation.evaluate(EnsembleLM(large, edited, found.beta), tokenizer, sets, device)
+    vocab = tokenizer.vocab_size  # the larger model's vocabulary (shared tokenizer), without logit padding
+    found = search_beta(large, edited, sets.general_chunks, params.league, device, vocab_size=vocab,
+                        start=params.beta_start, step=params.beta_step)
+    before = evaluation.evaluate(EnsembleLM(large, edited, 0.0, vocab), tokenizer, sets, device)
+    after = evaluation.evaluate(EnsembleLM(large, edited, found.beta, vocab), tokenizer, sets, device)
     rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
     rows[-1].update(method="ensemble", beta=found.beta, betas_tried=len(found.tried), n_senses_selected=len(pairs))
     return uniform_rows(rows)
@@ -635,6 +639,10 @@ class MemitParams(TaskParams):
     kl_factor: float = Field(0.0625, ge=0)  # sweep: U(0.001, 0.1)
     clamp_norm_factor: float = Field(0.75, gt=0)  # sweep: 10^U(-1.35, 0)
     mom2_update_weight: float = Field(15000.0, gt=0)  # sweep: randint(9000, 75000)
+    # the fork's behaviours (sarahlc888/memit compute_z.py; the paper's runs had them; see rome.compute_v):
+    fork_anti_prompts: bool = False  # verb anti prompts end in the target's leading tokens
+    fork_length_norm: bool = False  # balance / verb losses divide both NLLs by one target's length
+    fork_negative_stop: float | None = None  # stereoset / verb optimisation stops below this (fork: -50)
     template_lengths: list[tuple[int, int]] = [(10, 10)]
     context_templates: list[str] | None = None
     league: float | None = Field(None, gt=0)  # in_league = degradation_general < league
@@ -703,7 +711,8 @@ def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
         layers=tuple(layers), v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
         v_weight_decay=params.v_weight_decay, kl_factor=params.kl_factor,
         clamp_norm_factor=params.clamp_norm_factor, mom2_update_weight=params.mom2_update_weight,
-        loss_type=dataset.loss_type,
+        loss_type=dataset.loss_type, fork_anti_prompts=params.fork_anti_prompts,
+        fork_length_norm=params.fork_length_norm, fork_negative_stop=params.fork_negative_stop,
     )
     before = evaluation.evaluate(model, tokenizer, sets, device)
     result = memit.compute_memit(model, tokenizer, requests, hp, templates, covs, device)

@@ -6,8 +6,8 @@ output at one token and measure the probability of the clean answer.
   the original hooks `wte`), add nu * eps to every subject token, eps iid N(0, 1), for `samples` rows.
   The noise is drawn once per fact from a generator seeded with `noise_seed` (1 in the original), so
   the baseline and every restoration see the same draws (common random numbers).
-- nu: "s3" rule by default, 3 x the std over all elements of the token embeddings of the subjects
-  (`embedding_noise_scale`); a float gives a fixed nu.
+- nu: "s3" rule by default, 3 x the std over all elements of the token embeddings of the subjects,
+  every subject-token occurrence counted (`embedding_noise_scale`); a float gives a fixed nu.
 - Sites (one function, `site` argument): "hidden" = a block's output (residual stream after block l),
   "mlp" = the MLP output, "attn" = the attention output (first element of its tuple). With `window` w,
   restoring at centre layer l restores layers max(0, l - w//2) .. min(L, l - w//2 + w) - 1 (the code's
@@ -52,8 +52,12 @@ def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
 
 @torch.no_grad()
 def embedding_noise_scale(model, tokenizer, subjects: Sequence[str], factor: float = 3.0) -> float:
-    """nu = factor x std over all elements of the token embeddings of every subject string ("s3")."""
-    ids = sorted({i for s in subjects for i in tokenizer(s, add_special_tokens=False)["input_ids"]})
+    """nu = factor x std over all elements of the token embeddings of every subject string ("s3").
+
+    Every occurrence counts: a token shared by several subjects (or repeated in one) enters once per
+    occurrence, as the original's collect_embedding_std concatenates the embeddings subject by subject.
+    """
+    ids = [i for s in subjects for i in tokenizer(s, add_special_tokens=False)["input_ids"]]
     if not ids:
         raise ValueError("no subject tokens to estimate the embedding scale from")
     weight = _arch.embedding(model).weight[torch.tensor(ids, device=_arch.embedding(model).weight.device)]

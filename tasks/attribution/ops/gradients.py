@@ -8,7 +8,10 @@ position embeddings.
   divided by the sum over positions (inseq's aggregation).
   IG: captum IntegratedGradients(multiply_by_inputs=True), n_steps 50, Gauss-Legendre.
   GradientShap: captum GradientShap(multiply_by_inputs=True), n_samples 5, stdevs 0.0 (alpha drawn
-  from numpy's global RNG, which we seed and restore around the call).
+  from numpy's global RNG, which we seed and restore around the call). Seed: the original's inseq 0.4
+  called transformers.set_seed(42) before every attribution step (feature_attribution.py), so every
+  example drew the same 5 alphas; here the seed is the run's seed plus the target's index (same
+  distribution, other draws: a simplification).
   Baseline (IG, GradientShap): the embedding of the unk id at every position, except positions holding
   the eos id, which keep it (inseq); with no unk id, the eos id; with neither, zeros.
 Simplification: the original re-tokenised the decoded prefix inside inseq (a second model copy), which

@@ -27,7 +27,8 @@ Same maths, faster execution (no change to any distribution):
 Deviations (named options keep the original where it matters):
 - no probe stopped within max_steps: the original divides by zero (NaN scores, which score Soft-NS 0
   and Soft-NC 1); default here averages all probes (as inseq does) and flags converged=False;
-  `on_no_convergence="nan"` gives the original NaN.
+  `on_no_convergence="nan"` gives the original NaN (the paper-scale sweeps use it: with many
+  unconverged targets the two rules can give Soft-NC log ratios of opposite sign).
 - the update uses logit with eps 1e-7 in float64, so Delta = +-1 (p_o = 1, P(z) = 0) gives a large
   finite step instead of an infinite one (the original would produce NaN scores then).
 """

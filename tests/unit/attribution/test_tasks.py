@@ -94,6 +94,33 @@ def test_analogies_task_rows(method):
     assert (ctx.artifact_dir / "importance.json").exists()
 
 
+def test_unconverged_targets_score_as_the_original_under_nan_and_the_report_keeps_the_rules_apart():
+    # invariant: on_no_convergence="nan" scores a target no probe stopped on Soft-NS 0 / Soft-NC 1 (the
+    # original's NaN scores), changes nothing else, and the report says which rule made each ReAGent line.
+    # Setting: the analogies stage of sweeps/reagent_small.yaml (measured: 5 of 8 targets unconverged,
+    # log_ratio_nc -1.77 with mean_all, +4.75 with nan)
+    kw = dict(method="reagent", categories=["gram2-opposite", "gram9-plural-verbs"], single_token_rule="none",
+              require_correct=False, max_steps=30, num_probes=3)
+    runs = {rule: pd.DataFrame(_run("attribution.analogies", on_no_convergence=rule, **kw)[0])
+            for rule in ("mean_all", "nan")}
+    mean_all, nan = runs["mean_all"], runs["nan"]
+    unconverged = ~nan["converged"].astype(bool)
+    assert 0 < unconverged.sum() < len(nan)
+    assert (nan.loc[unconverged, "soft_ns"] == 0).all() and (nan.loc[unconverged, "soft_nc"] == 1).all()
+    assert (mean_all.loc[unconverged, "soft_nc"] < 1).all()
+    for column in ("soft_ns", "soft_nc"):
+        assert nan.loc[~unconverged, column].tolist() == mean_all.loc[~unconverged, column].tolist()
+    for column in ("random_soft_ns", "random_soft_nc", "converged"):
+        assert nan[column].tolist() == mean_all[column].tolist()
+    baseline = pd.DataFrame(_run("attribution.analogies", **{**kw, "method": "attention"})[0])
+    rows = pd.concat([mean_all.assign(on_no_convergence="mean_all"), nan.assign(on_no_convergence="nan"),
+                      baseline.assign(on_no_convergence="nan")])
+    table = method_table(rows).set_index(["method", "on_no_convergence"])
+    assert sorted(table.index) == [("attention", ""), ("reagent", "mean_all"), ("reagent", "nan")]
+    assert table.loc[("reagent", "mean_all"), "log_ratio_nc"] < 0 < table.loc[("reagent", "nan"), "log_ratio_nc"]
+    assert set(example_table(rows)["on_no_convergence"]) == {"", "mean_all", "nan"}
+
+
 def test_sequence_task_rows():
     # invariant: stride 2 over 4 new tokens scores generated positions 0 and 2 of each prompt
     rows, _ = _run("attribution.sequence", method="reagent", max_prompts=2, max_new_tokens=4, stride=2, **FAST)

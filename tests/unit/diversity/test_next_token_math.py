@@ -178,6 +178,27 @@ def test_mean_probs_flush_every_drops_trailing_documents():
     assert flushed["perplexity"] == pytest.approx(full["perplexity"])  # only the average distribution changes
 
 
+def test_empty_documents_are_skipped_by_the_first_document_entropy_and_the_flush():
+    # invariant: the original skips documents without tokens (get_compute_data returns None), so the
+    # first-document entropy is the first NON-EMPTY document's, and an empty document at a flush index
+    # flushes nothing (its `i % 500` check is skipped too): pending windows stay pending. Whatever the
+    # batch size (an empty document finishes before the batched windows of earlier ones)
+    model = EchoLM(vocab=6, peak=5.0)
+    first = compute.NextTokenOptions(entropy_aggregate="first_document")
+    flush = compute.NextTokenOptions(mean_probs_flush_every=2)
+    _, _, pbar_first_doc = compute.next_token_statistics(model, [([1, 1], 2)], 5, 0, 8)
+    for batch_size in (1, 4):
+        for docs in ([([], 0), ([1, 2, 3], 3), ([4] * 5, 5)], [([1, 2, 3], 3), ([], 0), ([4] * 5, 5)]):
+            rows, summary, _ = compute.next_token_statistics(model, docs, 5, 0, 8, batch_size, options=first)
+            by_index = {r["doc_index"]: r for r in rows}
+            nonempty = next(i for i, (ids, _) in enumerate(docs) if ids)
+            assert summary["entropy"] == pytest.approx(by_index[nonempty]["entropy"]), (batch_size, docs)
+        docs = [([1, 1], 2), ([2, 2], 2), ([], 0)]  # index 2 is empty: document 1 is never flushed
+        _, flushed, pbar_flushed = compute.next_token_statistics(model, docs, 5, 0, 8, batch_size, options=flush)
+        assert flushed["mean_probs_windows"] == 1, batch_size
+        np.testing.assert_allclose(pbar_flushed, pbar_first_doc)
+
+
 def test_token_weighting_of_the_mean_distribution():
     model = EchoLM(vocab=6, peak=5.0)
     docs = [([1], 1), ([2, 2, 2], 3)]

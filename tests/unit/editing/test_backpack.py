@@ -109,6 +109,47 @@ def test_save_and_load_roundtrip(world, tmp_path):
     assert loaded.lm_head.weight is loaded.backpack.word_embeddings.weight
 
 
+class _OriginalLayout(torch.nn.Module):
+    """The module tree of the published Backpack (stanfordnlp/backpack-gpt2's modelling file, read, not
+    copied): its BackpackGPT2Model also registers the GPT-2 embeddings as `word_embeddings` and
+    `position_embeddings`, so its state dict names them twice; the LM head is tied to the word embeddings."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.backpack = torch.nn.Module()
+        self.backpack.gpt2_model = model.backpack.gpt2_model
+        self.backpack.sense_network = model.backpack.sense_network
+        self.backpack.word_embeddings = model.backpack.gpt2_model.wte
+        self.backpack.position_embeddings = model.backpack.gpt2_model.wpe
+        self.backpack.sense_weight_net = model.backpack.sense_weight_net
+        self.lm_head = model.lm_head
+
+
+@pytest.mark.parametrize("file_format", ["bin", "safetensors"])
+def test_load_a_state_dict_laid_out_as_the_originals_modules(world, tmp_path, file_format):
+    # invariant: a checkpoint saved from the original's module layout (embedding aliases included) loads
+    # into the same model; aliases that differ from wte / wpe are refused, naming the key
+    from safetensors.torch import save_file
+
+    model, tokenizer, *_ = world
+    state = _OriginalLayout(model).state_dict()
+    assert {"backpack.word_embeddings.weight", "backpack.position_embeddings.weight"} <= set(state)
+    (tmp_path / "config.json").write_text(model.config.to_json_string())
+    if file_format == "bin":
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    else:  # safetensors stores no shared tensors: each alias is its own copy
+        save_file({k: v.clone().contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    loaded, _ = load_backpack(str(tmp_path))
+    ids = torch.tensor([tokenizer("n1 lives in c2 . n3 lives")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    state["backpack.position_embeddings.weight"] = state["backpack.position_embeddings.weight"] + 1e-3
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"backpack\.position_embeddings\.weight"):
+        load_backpack(str(tmp_path))
+
+
 def test_sense_offsets_select_and_add_exactly(world):
     from tasks.editing.senses import SenseOffsets
 
@@ -218,10 +259,11 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
     chunks = compute.encode_texts(tokenizer, general, 64)
     large_alone = evaluation.evaluate(large_lm, tokenizer, sets, "cpu")
     results = {}
+    vocab = tokenizer.vocab_size
     for league in (1e-2, 1e-3, 1e-5):
-        found = search_beta(large_lm, trained, chunks, league, "cpu")
+        found = search_beta(large_lm, trained, chunks, league, "cpu", vocab_size=vocab)
         # measured: the ensemble's general loss at the chosen beta is inside the ball
-        measured, _ = compute.text_loss(EnsembleLM(large_lm, trained, found.beta), chunks, "cpu")
+        measured, _ = compute.text_loss(EnsembleLM(large_lm, trained, found.beta, vocab), chunks, "cpu")
         assert measured == pytest.approx(found.general_loss)
         assert measured < found.general_loss_large * (1 + league) or found.beta == 0.0
         # every larger beta tried was outside the ball, and the search stops at the first inside it
@@ -230,12 +272,54 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
         print("league", league, "beta", found.beta, "G", found.general_loss, "G0", found.general_loss_large)
     assert results[1e-2].beta >= results[1e-3].beta >= results[1e-5].beta  # tighter league, smaller beta
     assert results[1e-2].beta > 0
-    ens = evaluation.evaluate(EnsembleLM(large_lm, trained, results[1e-2].beta), tokenizer, sets, "cpu")
+    ens = evaluation.evaluate(EnsembleLM(large_lm, trained, results[1e-2].beta, vocab), tokenizer, sets, "cpu")
     # the edit carries over: the new city's NLL drops on every held-out phrasing
     assert (ens.eval_nll < large_alone.eval_nll).all()
     with torch.no_grad():  # beta 0 is the larger model exactly
         ids = torch.tensor([tokenizer("n3 lives in")["input_ids"]])
-        assert torch.equal(EnsembleLM(large_lm, trained, 0.0)(ids).logits, large_lm(input_ids=ids).logits)
+        assert torch.equal(EnsembleLM(large_lm, trained, 0.0, vocab)(ids).logits, large_lm(input_ids=ids).logits)
+
+
+def _padded_logits(model, extra: int):
+    """The same GPT-2 with `extra` random rows appended to its (tied) embedding: logits padded past the
+    tokenizer's ids, as GPT-J pads GPT-2's 50257 ids to 50400."""
+    from transformers import GPT2LMHeadModel
+
+    config = model.config.to_dict()
+    config["vocab_size"] = model.config.vocab_size + extra
+    padded = GPT2LMHeadModel(type(model.config).from_dict(config)).eval()
+    state = model.state_dict()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(1)
+        wte = torch.cat([state["transformer.wte.weight"], torch.randn(extra, model.config.n_embd)])
+    state = {**state, "transformer.wte.weight": wte, "lm_head.weight": wte}
+    padded.load_state_dict(state)
+    return padded
+
+
+def test_ensemble_combines_over_the_larger_models_vocabulary(world, sense_edit, large_lm):
+    # invariant: the ensemble and its G_0 see only the tokenizer's ids: padding the larger model's logits
+    # changes neither (the original slices both models to 50257 and scores G_0 on the sliced GPT-J)
+    from tasks.editing import compute
+    from tasks.editing.ensemble import EnsembleLM, search_beta
+
+    _, tokenizer, general, _ = world
+    trained = sense_edit[0]
+    vocab = tokenizer.vocab_size
+    padded = _padded_logits(large_lm, extra=7)
+    ids = torch.tensor([tokenizer("the n0 lives in")["input_ids"]])
+    with torch.no_grad():
+        for beta in (0.0, 0.5):
+            got = EnsembleLM(padded, trained, beta, vocab)(ids).logits
+            assert got.shape[-1] == vocab
+            assert torch.allclose(got, EnsembleLM(large_lm, trained, beta, vocab)(ids).logits, atol=1e-5)
+    chunks = compute.encode_texts(tokenizer, general, 64)
+    found = search_beta(large_lm, trained, chunks, 1e-2, "cpu", vocab_size=vocab)
+    found_padded = search_beta(padded, trained, chunks, 1e-2, "cpu", vocab_size=vocab)
+    assert found_padded.general_loss_large == pytest.approx(found.general_loss_large, rel=1e-6)
+    assert found_padded.beta == found.beta
+    unsliced, _ = compute.text_loss(padded, chunks, "cpu")  # the padded model's own loss: another G_0
+    assert unsliced > found.general_loss_large * (1 + 1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,71 @@ def test_memit_spreads_the_update_over_layers_and_reaches_z(memit_edit, planted)
         h = memit.block_outputs(model, planted.layer, [b[0] for b in bare], [b[1] for b in bare], "cpu")
     assert torch.allclose(h, result.z, atol=1e-3 * float(result.z.norm()))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _summed_nll(model, tok, text, lead, labels):
+    """Summed NLL of `labels` read at the last len(labels) positions of text + lead[:-1] (one forward)."""
+    seq = tok(text)["input_ids"] + lead[:-1]
+    with torch.no_grad():
+        log_probs = model(input_ids=torch.tensor([seq])).logits[0].double().log_softmax(-1)
+    start = len(seq) - len(labels)
+    return -sum(float(log_probs[start + i, label]) for i, label in enumerate(labels))
+
+
+def test_pair_losses_read_the_targets_as_the_fork_options_say(planted):
+    # invariant: at the first iteration (delta 0: KL and weight decay are 0) compute_v's loss is the pair
+    # NLL term recomputed here from plain forward passes. Default: each target after its own leading
+    # tokens, over its own length; fork_anti_prompts reads the verb anti after the TARGET's leading
+    # tokens; fork_length_norm divides both by the target's length (good-v-bad) or by the second
+    # target's (balance). Multi-token targets of different lengths, so every variant differs.
+    model, tok = planted.model, planted.tokenizer
+    subject = planted.facts[0][0]
+    target, anti = " c1 c2", " c3 c4 c5"
+    t_ids, a_ids = tok(target, add_special_tokens=False)["input_ids"], tok(anti, add_special_tokens=False)["input_ids"]
+    assert (len(t_ids), len(a_ids)) == (2, 3)
+    texts = [t.format("{} lives in").format(subject) for t in TEMPLATES[:3]]
+    hp = rome.RomeHparams(layer=planted.layer, v_num_grad_steps=1)
+
+    def mean(lead, labels, length):
+        return np.mean([_summed_nll(model, tok, text, lead, labels) / length for text in texts])
+
+    got = {}
+    for fork_anti in (False, True):
+        for fork_norm in (False, True):
+            _, _, loss, steps = rome.compute_v(model, tok, hp, "{} lives in", subject, target, TEMPLATES[:3], "cpu",
+                                               loss_type="good-v-bad", target_alt=anti, fork_anti_prompts=fork_anti,
+                                               fork_length_norm=fork_norm)
+            expected = mean(t_ids, t_ids, len(t_ids)) - mean(t_ids if fork_anti else a_ids, a_ids,
+                                                              len(t_ids) if fork_norm else len(a_ids))
+            assert steps == 0 and loss == pytest.approx(expected, rel=1e-4), (fork_anti, fork_norm)
+            got[fork_anti, fork_norm] = loss
+    assert len({round(v, 4) for v in got.values()}) == 4
+    for fork_norm in (False, True):
+        _, _, loss, _ = rome.compute_v(model, tok, hp, "{} lives in", subject, target, TEMPLATES[:3], "cpu",
+                                       loss_type="balance", target_alt=anti, fork_length_norm=fork_norm)
+        norms = (len(a_ids), len(a_ids)) if fork_norm else (len(t_ids), len(a_ids))
+        expected = abs(mean(t_ids, t_ids, norms[0]) - mean(a_ids, a_ids, norms[1]))
+        assert loss == pytest.approx(expected, rel=1e-4), fork_norm
+
+
+def test_fork_negative_stop_ends_the_unbounded_losses_only(planted):
+    # invariant: "bad" and "good-v-bad" stop at the first iteration whose loss is below fork_negative_stop
+    # (no update is made when the initial loss already is); without it they use the whole step budget;
+    # "good" keeps its own 5e-2 early stop whatever fork_negative_stop says
+    model, tok = planted.model, planted.tokenizer
+    subject, city = planted.facts[0]
+    other = next(c for _, c in planted.facts if c != city)
+    hp = rome.RomeHparams(layer=planted.layer, v_num_grad_steps=6)
+
+    def run(loss_type, stop):
+        return rome.compute_v(model, tok, hp, "{} lives in", subject, " " + city, TEMPLATES[:2], "cpu",
+                              loss_type=loss_type, target_alt=" " + other, fork_negative_stop=stop)
+
+    for loss_type in ("bad", "good-v-bad"):
+        v, v0, _, steps = run(loss_type, None)
+        assert steps == hp.v_num_grad_steps - 1 and not torch.equal(v, v0)
+        v, v0, _, steps = run(loss_type, 1e9)
+        assert steps == 0 and torch.equal(v, v0)
+    _, _, loss_default, steps_default = run("good", None)
+    _, _, loss_with, steps_with = run("good", 1e9)
+    assert (loss_with, steps_with) == (loss_default, steps_default)

@@ -99,11 +99,20 @@ def test_tracing_is_deterministic_and_leaves_no_hooks(planted):
     assert first[1] == pytest.approx(clean, rel=1e-5)
 
 
-def test_noise_scale_is_three_embedding_stds(planted):
+def test_noise_scale_is_three_stds_over_every_subject_token_occurrence(planted):
+    # invariant: nu = 3 x the std over all elements of the embeddings of every subject's tokens, a token
+    # counted each time it occurs (the original's collect_embedding_std concatenates per subject); the
+    # planted subjects share 4 first names, so counting unique ids only gives another value
+    import numpy as np
+
     subjects = [s for s, _ in planted.facts]
-    ids = sorted({i for s in subjects for i in planted.tokenizer(s, add_special_tokens=False)["input_ids"]})
-    expected = 3 * planted.model.transformer.wte.weight[ids].std().item()
-    assert trace.embedding_noise_scale(planted.model, planted.tokenizer, subjects) == pytest.approx(expected)
+    weight = planted.model.transformer.wte.weight.detach().double().numpy()
+    per_subject = [weight[planted.tokenizer(s, add_special_tokens=False)["input_ids"]] for s in subjects]
+    expected = 3 * np.concatenate(per_subject).std(ddof=1)
+    got = trace.embedding_noise_scale(planted.model, planted.tokenizer, subjects)
+    assert got == pytest.approx(expected, rel=1e-5)
+    unique = sorted({i for s in subjects for i in planted.tokenizer(s, add_special_tokens=False)["input_ids"]})
+    assert abs(3 * weight[unique].std(ddof=1) - expected) > 1e-3 * expected
 
 
 def test_only_correct_facts_are_traced_by_default(planted):
