@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ RAY_ENV_DEFAULTS = {
 
 def connect(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
             resources: dict[str, float] | None = None) -> bool:
-    """Attach to the cluster at `address` / RAY_ADDRESS, or start a local Ray bound to 127.0.0.1.
+    """Attach to the cluster at `address` / RAY_ADDRESS, or start a local Ray that listens on loopback only.
 
     Returns True when this call started Ray (the caller shuts it down), False when Ray was already up.
     """
@@ -42,23 +44,48 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
     if address is None:
         # "local" always starts a fresh Ray (a bare ray.init() would attach to any `ray start` cluster).
-        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                      _node_ip_address="127.0.0.1")
+        kwargs: dict[str, Any] = {"address": "local", "logging_level": logging.WARNING, "include_dashboard": False,
+                                  "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
     elif any(v is not None for v in (num_cpus, num_gpus, resources)):
         raise ClusterError("--num-cpus/--num-gpus describe a local Ray; they cannot be set when attaching to a cluster")
     else:
         kwargs = {"address": address, "logging_level": logging.WARNING}
     try:
-        ray.init(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - Ray raises many types here; all mean "no cluster"
+        if address is None:
+            with _loopback_node_ip():
+                ray.init(**kwargs)
+        else:
+            ray.init(**kwargs)
+    except Exception as exc:  # Ray raises many types here; all mean "no cluster"
         text = f"{type(exc).__name__}: {exc}"
         if "auth" in text.lower() or (address and os.environ.get("RAY_AUTH_MODE") != "token"):
             raise ClusterError(f"cannot connect to Ray at {address}: {text.splitlines()[0]}\n{AUTH_REMEDY}") from None
         raise ClusterError(f"cannot start or reach Ray ({address or 'local'}): {text.splitlines()[0]}") from None
     return True
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """While a local Ray starts, give its node the loopback IP, so that every component listens on loopback.
+
+    Ray 2.60 binds the gRPC servers of the GCS, raylet, object manager and workers, the dashboard agent, the
+    runtime-env agent and the metrics servers to loopback only when the node IP is a loopback address, and
+    otherwise to every interface. But `ray.init(_node_ip_address="127.0.0.1")` (and `ray start
+    --node-ip-address=127.0.0.1`) rewrite 127.0.0.1 to the external address unless `ENABLE_RAY_CLUSTER` is
+    off. That flag is the environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when `ray`
+    is imported (often before `connect()` runs), so the flag itself is switched off during the start and
+    then restored.
+    """
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
 def shutdown() -> None:
