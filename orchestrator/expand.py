@@ -389,7 +389,7 @@ def _reference_order(space: ParamSpace) -> list[str]:
     graph: dict[str, set[str]] = {key: set() for key in declared}
     for entry in space.entries:
         refs = entry.references()
-        unknown = sorted(refs - graph.keys())
+        unknown = sorted(name for name in refs if name not in graph)
         if unknown:
             raise space.source.error(
                 (*space.path, entry.keys[0]), f"reference '${{{unknown[0]}}}' names no parameter of this stage"
@@ -469,22 +469,34 @@ def resolve_references(params: dict[str, Any], space: ParamSpace) -> dict[str, A
 
 
 def expand(space: ParamSpace) -> Iterator[dict[str, Any]]:
-    """Lazily enumerate every assignment, in declaration order (last key fastest); ranges never become lists."""
-    entries = space.entries
-    if not entries:
+    """Lazily enumerate every assignment, in declaration order (last key fastest); ranges never become lists.
+
+    A stack of iterators, one per entry but the last, and one `assigned` dict that each entry's part
+    enters and leaves (no two entries set the same key): memory stays proportional to the number of keys.
+    """
+    if not space.entries:
         yield {}
         return
-    prefixes: list[dict[str, Any]] = [{}] * len(entries)  # what the entries before each one assigned
-    choices = [iter(entries[0].choices({}))]
-    while choices:
-        depth = len(choices) - 1
-        part = next(choices[depth], None)
-        if part is None:
+    *outer, last = space.entries
+    assigned: dict[str, Any] = {}
+    parts: list[dict[str, Any]] = []  # the part each outer entry on the stack has put into `assigned`
+    choices: list[Iterator[dict[str, Any]]] = []
+    while True:
+        if len(parts) < len(outer):  # the next outer entry starts its choices, given the earlier parts
+            choices.append(iter(outer[len(parts)].choices(assigned)))
+        else:  # every outer entry has its part in: the last entry varies fastest
+            for final in last.choices(assigned):
+                run = {**assigned, **final}
+                yield resolve_references(run, space) if space.reference_order else run
+        while choices:  # move the deepest unfinished outer entry to its next part
+            if len(parts) == len(choices):
+                for key in parts.pop():
+                    del assigned[key]
+            part = next(choices[-1], None)
+            if part is not None:
+                assigned.update(part)
+                parts.append(part)
+                break
             choices.pop()
-            continue
-        assigned = {**prefixes[depth], **part}
-        if depth + 1 < len(entries):
-            prefixes[depth + 1] = assigned
-            choices.append(iter(entries[depth + 1].choices(assigned)))
         else:
-            yield resolve_references(assigned, space) if space.reference_order else assigned
+            return
