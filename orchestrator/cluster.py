@@ -70,11 +70,12 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
 def _loopback_node_ip() -> Iterator[None]:
     """While a local Ray starts, give its node the loopback IP, so that every component listens on loopback.
 
-    Ray 2.60 binds the gRPC servers of the GCS, raylet, object manager and workers, the dashboard agent, the
-    runtime-env agent and the metrics servers to loopback only when the node IP is a loopback address, and
-    otherwise to every interface. But `ray.init(_node_ip_address="127.0.0.1")` (and `ray start
-    --node-ip-address=127.0.0.1`) rewrite 127.0.0.1 to the external address unless `ENABLE_RAY_CLUSTER` is
-    off. That flag is the environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when `ray`
+    Ray 2.60 binds the gRPC servers of the GCS, the raylet (node and object manager) and every worker, the
+    dashboard and runtime-env agents and the metrics servers to loopback only when the node IP is what Ray
+    calls localhost (127.0.0.1, ::1); with any other node IP, 127.0.0.2 included, the gRPC servers listen on
+    every interface and the agents on the node IP. But `ray.init(_node_ip_address="127.0.0.1")` (and `ray
+    start --node-ip-address=127.0.0.1`) rewrite 127.0.0.1 to the external address unless `ENABLE_RAY_CLUSTER`
+    is off. That flag is the environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when `ray`
     is imported (often before `connect()` runs), so the flag itself is switched off during the start and
     then restored.
     """

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow  # its own Ray start: about 20 s on 2 cores
+pytestmark = pytest.mark.slow  # its own Ray start: 15-40 s on 2 shared cores
 
 # Runs in its own process, so it starts its own Ray (never the test session's). `ray` is imported first on
 # purpose: `connect()` must keep Ray on loopback whatever was imported before it.
