@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def shipped_modules(targets: Iterable[str]) -> list[str]:
 
 def connect(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
             resources: dict[str, float] | None = None, task_targets: Iterable[str] = ()) -> bool:
-    """Attach to the cluster at `address` / RAY_ADDRESS, or start a local Ray bound to 127.0.0.1.
+    """Attach to the cluster at `address` / RAY_ADDRESS, or start a local Ray that listens on loopback only.
 
     On a cluster, the code of user tasks that are not installed there (a module on this machine's
     PYTHONPATH) is shipped to the workers with the job (Ray's `py_modules`); a local Ray's workers
@@ -66,11 +67,10 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
     if address is None:
         # "local" always starts a fresh Ray (a bare ray.init() would attach to any `ray start` cluster).
-        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                      _node_ip_address="127.0.0.1")
+        kwargs: dict[str, Any] = {"address": "local", "logging_level": logging.WARNING, "include_dashboard": False,
+                                  "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
     elif any(v is not None for v in (num_cpus, num_gpus, resources)):
         raise ClusterError("--num-cpus/--num-gpus describe a local Ray; they cannot be set when attaching to a cluster")
     else:
@@ -79,13 +79,40 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
         if modules:
             kwargs["runtime_env"] = {"py_modules": modules}
     try:
-        ray.init(**kwargs)
-    except Exception as exc:
+        if address is None:
+            with _loopback_node_ip():
+                ray.init(**kwargs)
+        else:
+            ray.init(**kwargs)
+    except Exception as exc:  # Ray raises many types here; all mean "no cluster"
         text = f"{type(exc).__name__}: {exc}"
         if "auth" in text.lower() or (address and os.environ.get("RAY_AUTH_MODE") != "token"):
             raise ClusterError(f"cannot connect to Ray at {address}: {text.splitlines()[0]}\n{AUTH_REMEDY}") from None
         raise ClusterError(f"cannot start or reach Ray ({address or 'local'}): {text.splitlines()[0]}") from None
     return True
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """While a local Ray starts, give its node the loopback IP, so that every component listens on loopback.
+
+    Ray 2.60 binds the gRPC servers of the GCS, the raylet (node and object manager) and every worker, the
+    dashboard and runtime-env agents and the metrics servers to loopback only when the node IP is what Ray
+    calls localhost (127.0.0.1, ::1); with any other node IP, 127.0.0.2 included, the gRPC servers listen on
+    every interface and the agents on the node IP. But `ray.init(_node_ip_address="127.0.0.1")` (and `ray
+    start --node-ip-address=127.0.0.1`) rewrite 127.0.0.1 to the external address unless `ENABLE_RAY_CLUSTER`
+    is off. That flag is the environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when `ray`
+    is imported (often before `connect()` runs), so the flag itself is switched off during the start and
+    then restored.
+    """
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
 def shutdown() -> None:

@@ -5,7 +5,10 @@ Every error names the file, the line, the key path and the reason (`SpecError`).
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,19 +44,79 @@ class SpecSource:
         return None
 
     def error(self, path: KeyPath, reason: str, hint: str | None = None) -> SpecError:
-        file = OVERRIDE_FILE if self.lines.get(path) == 0 else self.file
-        line = self.line(path) or None
-        return SpecError(reason, file=file, line=line, key=format_path(path) or None, hint=hint)
+        """A SpecError at `path`: at its line, or at `<command line>` when an override set it or an ancestor."""
+        line = self.line(path)
+        file = OVERRIDE_FILE if line == 0 else self.file
+        return SpecError(reason, file=file, line=line or None, key=format_path(path) or None, hint=hint)
+
+    def set_by_override(self, path: KeyPath) -> None:
+        """`path` now holds a value from the command line: forget the spec lines of what it replaced."""
+        for stale in [known for known in self.lines if known[: len(path)] == path]:
+            del self.lines[stale]
+        self.lines[path] = 0
 
 
 # ---------------------------------------------------------------- YAML with lines
 
+MAX_SPEC_BYTES = 256 * 1024
+"""Largest spec file (256 KiB): a bigger one is refused before parsing. 256 KiB of plain text is some 80,000
+YAML nodes, seconds of work for the pure-Python parser; a real spec is a few KiB."""
+MAX_YAML_NODES = 1_000_000
+"""Most YAML nodes a spec or an override value may hold, counted while composing; an alias counts as every
+node it repeats, so an alias bomb is refused as soon as its expansion passes the limit."""
+MAX_YAML_DEPTH = 100
+"""Deepest nesting of mappings and sequences in a spec or an override value."""
 
 PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, composing under the MAX_YAML_NODES and MAX_YAML_DEPTH budget."""
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.weight = 0  # nodes composed so far, each alias counting the nodes it repeats
+        self.depth = 0
+        self.anchor_weights: dict[str, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.NodeEvent = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            anchor = str(event.anchor)
+            if anchor in self.anchors and anchor not in self.anchor_weights:
+                raise self._refuse(event, f"alias *{anchor} is inside the node it refers to")
+            node = super().compose_node(parent, index)
+            self._count(self.anchor_weights[anchor], event)
+            return node
+        if self.depth == MAX_YAML_DEPTH:
+            raise self._refuse(event, f"nesting deeper than {MAX_YAML_DEPTH} levels")
+        before = self.weight
+        self.depth += 1
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        self._count(1, event)
+        if event.anchor is not None:
+            self.anchor_weights[event.anchor] = self.weight - before
+        return node
+
+    def _count(self, nodes: int, event: yaml.Event) -> None:
+        self.weight += nodes
+        if self.weight > MAX_YAML_NODES:
+            raise self._refuse(
+                event, f"more than {MAX_YAML_NODES:,} YAML nodes (an alias counts every node it repeats): refused"
+            )
+
+    def _refuse(self, event: yaml.Event, reason: str) -> SpecError:
+        line = event.start_mark.line + 1 if event.start_mark else None
+        return SpecError(f"invalid YAML: {reason}", file=self.file, line=line)
+
+
 def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, source: SpecSource) -> Any:
     source.lines.setdefault(path, node.start_mark.line + 1)
+    if len(path) == MAX_YAML_DEPTH:  # reached through aliases: the composer saw each level on its own
+        raise SpecError(f"invalid YAML: nesting deeper than {MAX_YAML_DEPTH} levels", file=source.file,
+                        line=node.start_mark.line + 1)
     if not isinstance(node, yaml.ScalarNode) and node.tag not in PLAIN_TAGS:
         raise SpecError(f"invalid YAML: tag {node.tag} is not allowed (specs hold plain data only)",
                         file=source.file, line=node.start_mark.line + 1, key=format_path(path) or None)
@@ -61,34 +124,36 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, source: 
         loader.flatten_mapping(node)
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "dict" if isinstance(key_node, yaml.MappingNode) else "list"
+                raise source.error(path, f"mapping keys must be scalars, got {kind}")
+            key = loader.construct_object(key_node)
             if not isinstance(key, (str, int, float, bool)):
                 raise source.error(path, f"mapping keys must be scalars, got {type(key).__name__}")
             key = str(key)
             if key in result:
                 raise SpecError(
-                    f"duplicate key '{key}' (first at line {source.lines[path + (key,)]})",
+                    f"duplicate key '{key}' (first at line {source.lines[(*path, key)]})",
                     file=source.file,
                     line=key_node.start_mark.line + 1,
-                    key=format_path(path + (key,)),
+                    key=format_path((*path, key)),
                 )
-            source.lines[path + (key,)] = key_node.start_mark.line + 1
-            result[key] = _to_python(loader, value_node, path + (key,), source)
+            source.lines[(*path, key)] = key_node.start_mark.line + 1
+            result[key] = _to_python(loader, value_node, (*path, key), source)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(loader, item, path + (i,), source) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+        return [_to_python(loader, item, (*path, i), source) for i, item in enumerate(node.value)]
+    return loader.construct_object(node)
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, SpecSource]:
-    """Parse YAML with the safe loader, refusing duplicate keys; returns data and its line map."""
+    """Parse YAML with the safe loader, refusing duplicate keys and documents past MAX_YAML_NODES or
+    MAX_YAML_DEPTH; returns the data (None for an empty document) and its line map."""
     source = SpecSource(file)
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text, file)
     try:
         node = loader.get_single_node()
-        if node is None:
-            raise SpecError("the spec is empty", file=file, line=1)
-        return _to_python(loader, node, (), source), source
+        return (None if node is None else _to_python(loader, node, (), source)), source
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(filter(None, [exc.context, exc.problem]))
@@ -145,9 +210,9 @@ class Resources(_Strict):
 class Retries(_Strict):
     """`system`: retries after a worker/node death or OOM kill; `errors`: after an exception in the task."""
 
-    system: int = Field(3, ge=0)
-    errors: int = Field(0, ge=0)
-    backoff_s: float = Field(1.0, ge=0)
+    system: int = Field(default=3, ge=0)
+    errors: int = Field(default=0, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)
 
 
 class TuneSpec(_Strict):
@@ -221,15 +286,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(f"override '{text}' is not of the form key.path=value", file=OVERRIDE_FILE)
+    if not value.strip():
+        return key.split("."), ""
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise SpecError(f"override value '{value}' is not valid YAML: {exc}", file=OVERRIDE_FILE, key=key) from None
+        parsed, _ = load_yaml(value, OVERRIDE_FILE)
+    except SpecError as exc:
+        raise SpecError(f"override value '{value}': {exc.reason}", file=OVERRIDE_FILE, key=key) from None
     return key.split("."), parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSource) -> None:
-    """Hydra-style `key.path=value` overrides, in place.
+    """Hydra-style `key.path=value` overrides, in place; errors inside what they set name `<command line>`.
 
     A path that starts at a top-level spec key (`name`, `stages`, ...) is applied as written. A bare
     parameter name (`lr=0.1`, `model=tiny-gpt2`) sets that parameter in every stage that declares it.
@@ -253,7 +320,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSourc
                 )
         for path in targets:
             node = raw
-            for part in path[:-1]:
+            for depth, part in enumerate(path[:-1]):
+                if part not in node:  # a mapping the override creates (a new stage, say)
+                    source.set_by_override(tuple(path[: depth + 1]))
                 child = node.get(part)
                 if child is None:
                     child = node[part] = {}
@@ -263,37 +332,62 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSourc
                     )
                 node = child
             node[path[-1]] = value
-            source.lines[tuple(path)] = 0  # marks "from the command line"
+            source.set_by_override(tuple(path))
 
 
 # ---------------------------------------------------------------- loading
 
 
-def _validation_error(exc: ValidationError, source: SpecSource, prefix: KeyPath = ()) -> SpecError:
-    first = exc.errors()[0]
-    path = prefix + tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    message = first["msg"]
+def _validation_error(exc: ValidationError, source: SpecSource) -> SpecError:
+    errors = exc.errors()
+    # An unknown key is often a misspelt required one (`stagez:` for `stages:`): it explains the rest, so first.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    path = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    message, hint = first["msg"], None
     if first["type"] == "extra_forbidden":
         message = f"unknown key '{path[-1]}'"
+        close = difflib.get_close_matches(str(path[-1]), _keys_at(path[:-1]), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else None
     elif first["type"] == "missing":
         message = f"missing required key '{path[-1]}'"
     elif first["type"] == "value_error":
         message = message.removeprefix("Value error, ")
     else:
         message = f"{message}, got {first.get('input')!r}"
-    return source.error(path, message)
+    return source.error(path, message, hint=hint)
+
+
+def _keys_at(path: KeyPath) -> list[str]:
+    """The keys the spec model accepts in the mapping at `path` (none where that is not a model)."""
+    kind: Any = SweepSpec
+    for part in path:
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and str(part) in kind.model_fields:
+            kind = kind.model_fields[str(part)].annotation
+        elif typing.get_origin(kind) in (dict, list):  # a stage name or a list index
+            kind = typing.get_args(kind)[-1]
+        else:
+            return []
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `Resources | None`
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
     """Read, override and validate a sweep spec (structure only; params are checked by `expand`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(f"the spec is larger than {MAX_SPEC_BYTES:,} bytes: refused", file=str(path))
+        text = data.decode()
     except FileNotFoundError:
         raise SpecError("spec file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec: {exc}", file=str(path)) from None
     raw, source = load_yaml(text, str(path))
+    if raw is None:
+        raise SpecError("the spec is empty", file=str(path), line=1)
     if not isinstance(raw, dict):
         raise SpecError(f"the spec must be a mapping, got {type(raw).__name__}", file=str(path), line=1)
     apply_overrides(raw, overrides or [], source)
@@ -340,11 +434,11 @@ def stage_order(loaded: LoadedSpec) -> list[str]:
         if state.get(name) == "done":
             return
         if state.get(name) == "active":
-            cycle = " -> ".join(trail[trail.index(name) :] + [name])
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
             raise loaded.source.error(("stages", name, "needs"), f"cycle in stage dependencies: {cycle}")
         state[name] = "active"
         for dep in stage_dependencies(stages[name]):
-            visit(dep, trail + [name])
+            visit(dep, [*trail, name])
         state[name] = "done"
         order.append(name)
 

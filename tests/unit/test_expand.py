@@ -7,11 +7,13 @@ import itertools
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.expand import parse_params
+from orchestrator.errors import SpecError
+from orchestrator.expand import DEFAULT_MAX_RUNS, MAX_COUNTING_STATES, check_run_limit, parse_params
 from orchestrator.runs import make_run_id
 from orchestrator.plan import build_plan
 from orchestrator.spec import SpecSource, load_spec
@@ -19,6 +21,10 @@ from orchestrator.spec import SpecSource, load_spec
 
 def expand(params: dict) -> list[dict]:
     return list(parse_params(params, SpecSource("t.yaml"), ("params",)))
+
+
+def space(params: dict):
+    return parse_params(params, SpecSource("t.yaml"), ("stages", "s", "params"))
 
 
 def test_grid_and_range_multiply_in_declaration_order() -> None:
@@ -111,3 +117,83 @@ def test_size_matches_enumeration(n: int) -> None:
     space = parse_params({"a": {"grid": list(range(n))}, "b": {"zip": {"c": [1, 2], "d": [3, 4]}}},
                          SpecSource("t.yaml"), ("params",))
     assert space.size() == len(list(space)) == 2 * n
+
+
+@pytest.mark.parametrize("start,stop,step", [(0.0, 0.3, 0.1), (1, 0, -0.1), (-1.5, 2.5, 0.25), (0, 1, 1 / 3)])
+def test_float_range_values_are_those_of_the_list_it_replaced(start: float, stop: float, step: float) -> None:
+    # Invariant: a lazy float range holds exactly the values the materialised list held, round(start + i*step, 12).
+    count = max(0, int(-(-(stop - start) // step)))
+    expected = [round(start + i * step, 12) for i in range(count)]
+    (entry,) = space({"r": {"range": [start, stop, step]}}).entries
+    assert list(entry.values) == expected and [entry.values[i] for i in range(count)] == expected
+    assert [entry.values.count(v) for v in (*expected, 0.123)] == [expected.count(v) for v in (*expected, 0.123)]
+
+
+def test_huge_ranges_are_counted_not_materialised() -> None:
+    # Invariant: a 10^12-point range, int or float, is sized arithmetically within the issue's 1 s bound (a list of
+    # it could never be built), streams its first runs, and check_run_limit refuses it naming count and limit.
+    started = time.perf_counter()
+    for axis in ({"range": [0, 10**12]}, {"range": [0.0, 1.0e12, 1.0]}):
+        huge = space({"x": axis, "seed": {"grid": [0, 1]}})
+        assert huge.size() == 2 * 10**12
+        assert list(itertools.islice(huge, 3)) == [{"x": 0, "seed": 0}, {"x": 0, "seed": 1}, {"x": 1, "seed": 0}]
+        with pytest.raises(SpecError) as info:
+            check_run_limit(huge)
+        assert str(info.value) == (
+            f"t.yaml: stages.s.params: the stage expands to 2,000,000,000,000 runs, above the limit of "
+            f"{DEFAULT_MAX_RUNS:,} (raise it with --max-runs or max_runs: in the spec)")
+    assert time.perf_counter() - started < 1.0
+    assert check_run_limit(space({"x": {"range": [0, 6]}}), limit=6) == 6
+
+
+WHEN_SPACES = [  # spaces whose size depends on `when:` conditions
+    {"map": {"grid": ["rf", "drf"]}, "L": {"when": {"map": "drf"}, "then": {"grid": [2, 4]}, "else": 1}},
+    {"n": {"range": [0, 10]}, "L": {"when": {"n": [2, 3, 2.0, 11, "3"]}, "then": {"grid": [1, 2]}, "else": 0}},
+    {"f": {"range": [0, 1, 0.1]}, "g": {"when": {"f": [0.3, 0.7]}, "then": {"range": [0, 3]}}},
+    {"a": {"grid": [0, 1]}, "b": {"when": {"a": 1}, "then": {"grid": [5, 6]}},
+     "c": {"when": {"a": 1, "b": 6}, "then": {"grid": [7, 8, 9]}, "else": {"grid": [0, 1]}}},
+    {"p": {"zip": {"s": [1, 2, 3], "t": ["x", "y", "x"]}}, "u": {"when": {"t": "x"}, "then": {"range": [0, 4]}}},
+    {"c": {"cases": [{"lr": 1}, {"lr": 2, "steps": 5}, {"steps": 5}]},
+     "w": {"when": {"steps": 5, "lr": [2, 3]}, "then": {"grid": [0, 1, 2]}, "else": {"grid": [0, 1]}}},
+    {"x": {"grid": [True, 1, 1.0, 2]}, "y": {"when": {"x": 1}, "then": {"grid": ["a", "b"]}}},
+    {"a": {"grid": [0, 1, 2]},
+     "b": {"when": {"a": [1, 2]}, "then": {"when": {"a": 2}, "then": {"grid": [7, 8]}, "else": 9}}},
+    {"a": {"grid": [0, 1]}, "b": {"when": {"b": 1}, "then": 5, "else": {"grid": [1, 2]}}},  # on itself: never holds
+]
+
+
+@pytest.mark.parametrize("params", WHEN_SPACES)
+def test_size_with_conditionals_matches_enumeration(params: dict) -> None:
+    # Invariant: size() counts conditional spaces exactly, as enumerating them would.
+    assert space(params).size() == len(expand(params))
+
+
+def test_size_of_a_huge_conditional_space_is_arithmetic() -> None:
+    # Invariant: a condition on a 10^9-point range is counted without enumerating (a run every 1 ns would take 1 s).
+    params = {"n": {"range": [0, 10**9]}, "L": {"when": {"n": [5, 7]}, "then": {"grid": [1, 2, 3]}}}
+    assert space(params).size() == 10**9 + 4
+
+
+def test_run_limit_counts_by_enumeration_where_size_gives_up() -> None:
+    # Invariant: past MAX_COUNTING_STATES combinations of conditions, size() is None and check_run_limit enumerates
+    # at most limit + 1 runs: it refuses above the limit and counts exactly below it.
+    tests = (MAX_COUNTING_STATES - 1).bit_length() + 1  # conditions on independent keys: 2^tests combinations
+    params = {f"k{i}": {"grid": [0, 1]} for i in range(tests)}
+    params |= {f"w{i}": {"when": {f"k{i}": 1}, "then": 0} for i in range(tests)}
+    tangled = space(params)
+    assert tangled.size() is None
+    with pytest.raises(SpecError, match=r"stages.s.params: the stage expands to more than 100 runs, the limit"):
+        check_run_limit(tangled, limit=100)
+    assert check_run_limit(tangled, limit=2**tests) == 2**tests
+
+
+def test_reference_chains_of_any_depth() -> None:
+    # Invariant: a chain p0 -> p1 -> ... -> p5000 resolves to the end's value (depth 33 used to raise RecursionError),
+    # and the same chain closed into a cycle is one SpecError naming the cycle.
+    params: dict = {f"p{i}": f"${{p{i + 1}}}" for i in range(5000)} | {"p5000": {"grid": [1, 2]}, "tag": "t-${p0}"}
+    runs = expand(params)
+    assert [r["p0"] for r in runs] == [1, 2] and all(len(set(r.values())) == 2 for r in runs)
+    assert [r["tag"] for r in runs] == ["t-1", "t-2"]
+    params["p5000"] = "${p0}"
+    with pytest.raises(SpecError, match=r"params.p0: reference cycle: p0 -> p1 -> p2 -> .* -> p5000 -> p0$"):
+        expand(params)

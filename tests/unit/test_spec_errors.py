@@ -20,6 +20,18 @@ stages:
       x: {grid: [1, 2]}
 """
 
+# Nine anchors, each a list of nine aliases of the previous one: 9^9 leaves once expanded.
+ALIAS_BOMB = "name: s\nstages: {a: {task: demo.noop}}\na0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+ALIAS_BOMB_FLOW = "[&b0 [1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+    f"&b{i} [{', '.join([f'*b{i - 1}'] * 9)}]" for i in range(1, 9)) + "]"
+# Each anchor nests the previous one 60 levels deeper: only the aliases make it deeper than 100 levels.
+ALIAS_DEEP = "name: s\nstages: {a: {task: demo.noop}}\na0: &a0 " + "[" * 60 + "1" + "]" * 60 + "\n" + "".join(
+    f"a{i}: &a{i} " + "[" * 60 + f"*a{i - 1}" + "]" * 60 + "\n" for i in range(1, 3))
+# p0 refers to p1, which refers to p2, ... up to p60.
+CHAIN_60 = "name: s\nstages:\n  a:\n    task: demo.noop\n    params:\n" + "".join(
+    f"      p{i}: '${{p{i + 1}}}'\n" for i in range(60)) + "      p60: 7\n"
+
 # (id, spec text, overrides, substrings the message must contain)
 CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("bad_yaml", "name: s\nstages: [a, b\n", [], ["invalid YAML", "bad_yaml.yaml:"]),
@@ -32,29 +44,34 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("bad_name", "name: my sweep\nstages:\n  a: {task: demo.noop}\n", [], [":1", "name", "should match pattern"]),
     ("no_stages", "name: s\nstages: {}\n", [], [":2", "stages", "at least 1"]),
     ("unknown_top_key", "name: s\nstagez: {}\nstages:\n  a: {task: demo.noop}\n", [], [":2", "unknown key 'stagez'"]),
+    ("unknown_top_key_stages_missing", "name: s\nstagez:\n  a: {task: demo.noop}\n", [],
+     [":2", "stagez: unknown key 'stagez'", "did you mean 'stages'?"]),
     ("unknown_stage_key", "name: s\nstages:\n  a:\n    task: demo.noop\n    parms: {i: 1}\n", [],
-     [":5", "stages.a.parms", "unknown key 'parms'"]),
+     [":5", "stages.a.parms", "unknown key 'parms'", "did you mean 'params'?"]),
+    ("unknown_resource_key_close", GOOD_STAGE.replace("    params:", "    resources: {num_cpu: 1}\n    params:"), [],
+     ["stages.a.resources.num_cpu", "unknown key 'num_cpu'", "did you mean 'num_cpus'?"]),
     ("bad_stage_name", "name: s\nstages:\n  'a b': {task: demo.noop}\n", [], ["stage name 'a b'"]),
     ("unknown_task", "name: s\nstages:\n  a:\n    task: demo.quadratc\n", [],
      [":4", "stages.a.task", "unknown task 'demo.quadratc'", "Did you mean: demo.quadratic"]),
     ("bad_task_target", "name: s\nstages:\n  a:\n    task: 'os:system'\n", [], [":4", "not a registered task"]),
-    ("unknown_param", GOOD_STAGE + "      z: 1\n", [], [":7", "stages.a.params.z", "unknown parameter 'z'", "known: noise, seed, x, y"]),
+    ("unknown_param", GOOD_STAGE + "      z: 1\n", [],
+     [":7", "stages.a.params.z", "unknown parameter 'z'", "known: noise, seed, x, y"]),
     ("unknown_param_close", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params: {x: 1, nosie: 0.1}\n", [],
      ["unknown parameter 'nosie'", "did you mean 'noise'?"]),
     ("missing_param", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params: {y: 1}\n", [],
      ["missing required parameter 'x'", "stages.a.params"]),
     ("wrong_type", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: abc\n", [],
      [":6", "stages.a.params.x", "valid number", "'abc'"]),
-    ("wrong_type_in_grid", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: {grid: [1, two]}\n", [],
-     [":6", "stages.a.params.x", "'two'"]),
+    ("wrong_type_in_grid", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n"
+     "      x: {grid: [1, two]}\n", [], [":6", "stages.a.params.x", "'two'"]),
     ("constraint_violation", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params: {x: 1, noise: -1}\n", [],
      ["noise", "greater than or equal to 0"]),
     ("empty_grid", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: {grid: []}\n", [],
      [":6", "stages.a.params.x.grid", "grid is empty"]),
     ("grid_not_list", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: {grid: 3}\n", [],
      ["grid takes a list"]),
-    ("zip_unequal", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      p: {zip: {x: [1, 2], y: [1]}}\n",
-     [], [":6", "stages.a.params.p.zip", "unequal lengths (x=2, y=1)"]),
+    ("zip_unequal", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n"
+     "      p: {zip: {x: [1, 2], y: [1]}}\n", [], [":6", "stages.a.params.p.zip", "unequal lengths (x=2, y=1)"]),
     ("zip_not_list", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      p: {zip: {x: 1}}\n", [],
      ["zip column must be a non-empty list"]),
     ("range_empty", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: {range: [5, 1]}\n", [],
@@ -77,10 +94,10 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
      ["stages.a.resources.gpus", "unknown key 'gpus'"]),
     ("negative_retries", GOOD_STAGE.replace("    params:", "    retries: {system: -1}\n    params:"), [],
      ["stages.a.retries.system", "greater than or equal to 0"]),
-    ("missing_reference", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: 1\n      y: '${z}'\n",
-     [], [":7", "stages.a.params.y", "reference '${z}' names no parameter"]),
-    ("reference_cycle", "name: s\nstages:\n  a:\n    task: demo.flaky\n    params:\n      i: '${fail_if_divisible_by}'\n"
-     "      fail_if_divisible_by: '${i}'\n", [], ["reference cycle"]),
+    ("missing_reference", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: 1\n"
+     "      y: '${z}'\n", [], [":7", "stages.a.params.y", "reference '${z}' names no parameter"]),
+    ("reference_cycle", "name: s\nstages:\n  a:\n    task: demo.flaky\n    params:\n"
+     "      i: '${fail_if_divisible_by}'\n      fail_if_divisible_by: '${i}'\n", [], ["reference cycle"]),
     ("needs_unknown", GOOD_STAGE.replace("    params:", "    needs: [embedd]\n    params:"), [],
      [":5", "stages.a.needs[0]", "unknown stage 'embedd'"]),
     ("needs_cycle", "name: s\nstages:\n  a: {task: demo.noop, needs: [b]}\n  b: {task: demo.noop, needs: [a]}\n", [],
@@ -90,7 +107,8 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
      "    task: demo.vector_sum\n    needs: [v]\n    params: {length: 4}\n", [],
      [":8", "stages.w.needs", "matches no run of stage 'v'", "length"]),
     ("when_later_key", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n"
-     "      y: {when: {x: 1}, then: 2}\n      x: 1\n", [], [":6", "condition refers to 'x'", "not declared before 'y'"]),
+     "      y: {when: {x: 1}, then: 2}\n      x: 1\n", [],
+     [":6", "condition refers to 'x'", "not declared before 'y'"]),
     ("when_without_then", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: 1\n"
      "      y: {when: {x: 1}, else: 2}\n", [], ["when needs a `then:` value"]),
     ("form_typo", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: {gird: [1, 2]}\n", [],
@@ -111,6 +129,28 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("override_syntax", GOOD_STAGE, ["x"], ["<command line>", "not of the form key.path=value"]),
     ("override_unknown", GOOD_STAGE, ["lr=0.1"], ["<command line>", "matches no spec key", "'lr'"]),
     ("override_bad_value", GOOD_STAGE, ["x=abc"], ["<command line>", "stages.a.params.x", "valid number"]),
+    ("override_new_stage", GOOD_STAGE, ["stages.nope.params.x=1"],
+     ["<command line>: stages.nope: a stage needs either `task` or `transfer`"]),
+    ("override_inside_value", GOOD_STAGE, ["x={grid: []}"], ["<command line>: stages.a.params.x.grid: grid is empty"]),
+    ("override_alias_bomb", GOOD_STAGE, [f"x={ALIAS_BOMB_FLOW}"], ["<command line>", "more than 1,000,000 YAML nodes"]),
+    # Hostile documents: refused while composing, never expanded.
+    ("alias_bomb", ALIAS_BOMB, [], [":9", "invalid YAML: more than 1,000,000 YAML nodes"]),
+    ("recursive_alias", "name: s\nstages: &s\n  a: {task: demo.noop, params: {i: *s}}\n", [],
+     [":3", "invalid YAML: alias *s is inside the node it refers to"]),
+    ("deep_nesting", "name: s\nx: " + "[" * 5000 + "]" * 5000 + "\n", [],
+     [":2", "invalid YAML: nesting deeper than 100 levels"]),
+    ("deep_nesting_through_aliases", ALIAS_DEEP, [], [":3", "invalid YAML: nesting deeper than 100 levels"]),
+    ("too_large", "name: s\nx: [" + "0, " * 100_000 + "0]\n", [], ["the spec is larger than 262,144 bytes"]),
+    ("range_infinite", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n      x: {range: [0, .inf]}\n",
+     [], [":6", "stages.a.params.x.range", "range stop must be finite, got inf"]),
+    ("range_nan_step", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n"
+     "      x: {range: [0, 1, .nan]}\n", [], ["range step must be finite, got nan"]),
+    ("range_beyond_index", "name: s\nstages:\n  a:\n    task: demo.quadratic\n    params:\n"
+     "      x: {range: [0, 1.0e+300, 1.0e-300]}\n", [], ["has more than 9,223,372,036,854,775,807 values"]),
+    ("reference_cycle_60", CHAIN_60.replace("p60: 7", "p60: '${p0}'"), [],
+     ["stages.a.params.p0: reference cycle: p0 -> p1 -> ", " -> p60 -> p0"]),
+    ("reference_chain_60_unset", CHAIN_60.replace("p60: 7", "p60: {when: {p0: 1}, then: 7}"), [],
+     ["stages.a.params: reference '${p60}' is not set in this run"]),
 ]
 
 
@@ -123,8 +163,7 @@ def test_malformed_spec_is_refused_with_location(tmp_path: Path, case_id: str, t
     with pytest.raises(SpecError) as info:
         build_plan(load_spec(path, overrides))
     message = str(info.value)
-    if "<command line>" not in expected:
-        assert message.startswith(str(path)), message
+    assert message.startswith("<command line>" if overrides else str(path)), message
     for fragment in expected:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert not (tmp_path / "results").exists()
