@@ -36,7 +36,7 @@ from orchestrator.spec import KeyPath, SpecSource
 FORMS = ("grid", "range", "zip", "cases", "when")
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
-DEFAULT_MAX_RUNS = 10_000_000
+DEFAULT_MAX_RUNS = 1_000_000  # runs per stage a plan holds (each distinct run is kept in memory)
 """Most runs a stage may expand to unless raised (`--max-runs`, `max_runs:`); see `check_run_limit`."""
 MAX_COUNTING_STATES = 4096
 """`ParamSpace.size()` tracks which `when:` conditions can still hold; past this many combinations of them
@@ -343,10 +343,10 @@ def check_run_limit(space: ParamSpace, limit: int = DEFAULT_MAX_RUNS) -> int:
         size = sum(1 for _ in itertools.islice(space, limit + 1))
         if size > limit:
             raise space.source.error(space.path, f"the stage expands to more than {limit:,} runs, the limit "
-                                     "(raise it with --max-runs or max_runs: in the spec)")
+                                     "(raise it with `max_runs:` in the spec, or the override max_runs=N)")
     elif size > limit:
         raise space.source.error(space.path, f"the stage expands to {size:,} runs, above the limit of {limit:,} "
-                                 "(raise it with --max-runs or max_runs: in the spec)")
+                                 "(raise it with `max_runs:` in the spec, or the override max_runs=N)")
     return size
 
 

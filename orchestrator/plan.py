@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from orchestrator.errors import SpecError, UnknownTaskError
 from orchestrator.execute import StageExecution
-from orchestrator.expand import ParamSpace, parse_params
+from orchestrator.expand import DEFAULT_MAX_RUNS, ParamSpace, check_run_limit, parse_params
 from orchestrator.registry import TaskDef, get_task
 from orchestrator.runs import Run, canonical_json, make_run_id
 from orchestrator.schema import param_column
@@ -213,6 +213,7 @@ def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
             raise SpecError(f"task {task.name} declares invalid default resources: {exc}") from None
     kind: StageKind = "tune" if stage.tune is not None else "transfer" if stage.transfer else "grid"
     space = parse_params(params, loaded.source, ("stages", name, "params"))
+    check_run_limit(space, loaded.spec.max_runs or DEFAULT_MAX_RUNS)
     return StagePlan(loaded.spec.name, name, kind, stage, task, resources, space, loaded, list(stage.needs))
 
 

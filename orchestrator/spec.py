@@ -254,6 +254,7 @@ class SweepSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     results: str | None = None
+    max_runs: int | None = Field(None, ge=1)  # runs per stage above which `plan` refuses (default 1,000,000)
     stages: dict[str, Stage] = Field(min_length=1)
 
     @field_validator("stages")

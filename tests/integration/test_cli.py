@@ -170,3 +170,16 @@ def test_plan_refuses_infeasible_resources_as_run_does(write_spec, tmp_path: Pat
     assert "Token authentication" not in planned.stderr  # no Ray was started by plan
     if resources == "{num_cpus: 64}":
         assert cli("plan", str(spec), "--results", str(tmp_path / "r"), "--num-cpus", "64", cwd=tmp_path).returncode == 0
+
+
+def test_plan_of_a_trillion_point_range_refuses_at_once(write_spec, tmp_path: Path) -> None:
+    # Invariant: a stage's run count is arithmetic: plan refuses 10^12 runs in a moment (exit 2, naming the
+    # limit and how to raise it), without expanding; `max_runs` raises the limit.
+    spec = write_spec("name: huge\nstages:\n  s: {task: demo.noop, params: {i: {range: [0, 1000000000000]}}}\n")
+    start = time.perf_counter()
+    planned = cli("plan", str(spec), "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert planned.returncode == 2 and "expands to 1,000,000,000,000 runs" in planned.stderr.replace("\n", "")
+    assert "max_runs" in planned.stderr and "Traceback" not in planned.stderr
+    assert time.perf_counter() - start < 20  # process start and imports; expansion would take hours
+    small = cli("plan", str(spec), "--results", str(tmp_path / "r"), "i={range: [0, 5]}", "max_runs=5", cwd=tmp_path)
+    assert small.returncode == 0, small.stderr

@@ -141,7 +141,7 @@ def test_huge_ranges_are_counted_not_materialised() -> None:
             check_run_limit(huge)
         assert str(info.value) == (
             f"t.yaml: stages.s.params: the stage expands to 2,000,000,000,000 runs, above the limit of "
-            f"{DEFAULT_MAX_RUNS:,} (raise it with --max-runs or max_runs: in the spec)")
+            f"{DEFAULT_MAX_RUNS:,} (raise it with `max_runs:` in the spec, or the override max_runs=N)")
     assert time.perf_counter() - started < 1.0
     assert check_run_limit(space({"x": {"range": [0, 6]}}), limit=6) == 6
 
