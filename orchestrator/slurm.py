@@ -242,20 +242,21 @@ read -r head_ip port client_port < <(srun --overlap --nodes=1 --ntasks=1 --nodel
     "$python" -m orchestrator.slurm_job head-address)
 if [[ -z ${client_port:-} ]]; then echo "orchestrator slurm: no address for the Ray head on $head_node" >&2; exit 1; fi
 address="$head_ip:$port"
-gpu_step=()
-if ((gpus_per_node)); then gpu_step=(--gpus-per-node="$gpus_per_node"); fi
+# Each `ray start` step gets its node's whole share (srun of Slurm 22.05 does not inherit --cpus-per-task).
+step=(--cpus-per-task="$cpus_per_node")
+if ((gpus_per_node)); then step+=(--gpus-per-node="$gpus_per_node"); fi
 ray_node=(--block --num-cpus="$cpus_per_node" --num-gpus="$gpus_per_node" "${ray_memory[@]}"
           --dashboard-agent-listen-port=0 --temp-dir="$ray_tmp" --disable-usage-stats)
 
 echo "orchestrator slurm: Ray head on $head_node ($address), ${#nodes[@]} node(s): ${nodes[*]}"
-srun --nodes=1 --ntasks=1 --nodelist="$head_node" "${gpu_step[@]}" \
+srun --nodes=1 --ntasks=1 --nodelist="$head_node" "${step[@]}" \
     "$ray" start --head --node-ip-address="$head_ip" --port="$port" --ray-client-server-port="$client_port" \
     --include-dashboard=false "${ray_node[@]}" &
 steps+=($!)
 "$python" -m orchestrator.slurm_job wait-for-nodes "$address" 1 --timeout "$node_join_timeout_s" \
     --watch "${steps[@]}" || exit 1
 if ((${#nodes[@]} > 1)); then
-    srun --nodes=$((${#nodes[@]} - 1)) --ntasks-per-node=1 --exclude="$head_node" "${gpu_step[@]}" \
+    srun --nodes=$((${#nodes[@]} - 1)) --ntasks-per-node=1 --exclude="$head_node" "${step[@]}" \
         "$ray" start --address="$address" "${ray_node[@]}" &
     steps+=($!)
     "$python" -m orchestrator.slurm_job wait-for-nodes "$address" "${#nodes[@]}" --timeout "$node_join_timeout_s" \
