@@ -202,8 +202,8 @@ def slurm_command(
     partition: Annotated[str | None, typer.Option("--partition", help="sbatch --partition.")] = None,
     account: Annotated[str | None, typer.Option("--account", help="sbatch --account.")] = None,
     constraint: Annotated[str | None, typer.Option("--constraint", help="sbatch --constraint.")] = None,
-    python: Annotated[str | None, typer.Option("--python", help="Python the job runs (with orchestrator and "
-                                                  "ray installed) [this one].")] = None,
+    python: Annotated[str | None, typer.Option("--python", help="Python the job runs, with orchestrator and ray "
+                                                  "installed (default: the one running this command).")] = None,
     array: Annotated[int, typer.Option("--array", min=1, help="Submit K jobs, each resuming after the previous "
                                        "ends: sweeps longer than the time limit. Needs --submit.")] = 1,
     submit: Annotated[bool, typer.Option("--submit", help="Submit with sbatch and print the job id(s).")] = False,
@@ -216,7 +216,7 @@ def slurm_command(
         root = slurm.shared_root(_results_root(results, loaded.spec.results))
         Sweep(loaded, root).validate()  # every parameter checked before the job waits in the queue
         interpreter = os.path.abspath(python or sys.executable)
-        slurm.find_ray(interpreter)
+        slurm.check_ray(interpreter)
         script = slurm.sbatch_script(slurm.SlurmJob(
             spec=os.path.abspath(spec), results=root, python=interpreter, workdir=os.getcwd(),
             job_name=loaded.name, cpus_per_node=cpus_per_node, mem=mem, time=time_limit,

@@ -6,7 +6,7 @@ driver against the head, and stops Ray when the driver ends or the job is cancel
 orchestrator's own: finished runs are read from the Parquet store, so submitting the same command again,
 or a chain of jobs (`submit(..., jobs=K)`), runs only what is missing.
 
-Script generation is pure (options in, text out; no Ray, no Slurm); `find_ray` and `submit` are the
+Script generation is pure (options in, text out; no Ray, no Slurm); `check_ray` and `submit` are the
 two functions that look at the machine.
 """
 
@@ -101,14 +101,13 @@ def sbatch_script(job: SlurmJob) -> str:
                       _BODY_END])
 
 
-def find_ray(python: str) -> str:
-    """The `ray` executable installed beside `python` (the job starts Ray with it)."""
+def check_ray(python: str) -> None:
+    """Refuse a `python` without the `ray` executable beside it (the job starts Ray with that one)."""
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
         raise SlurmError(f"--python {python}: not an absolute path to an executable")
     ray = Path(python).parent / "ray"
     if not os.access(ray, os.X_OK):
         raise SlurmError(f"no `ray` executable beside {python} (expected {ray}); install ray in that environment")
-    return str(ray)
 
 
 def submit(script: str, jobs: int = 1, sbatch: str = "sbatch") -> list[str]:

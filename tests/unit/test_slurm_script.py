@@ -1,16 +1,20 @@
-"""`orchestrator slurm` without a scheduler: the script's structure, its results-path checks, the job chain."""
+"""`orchestrator slurm` without a scheduler: the script's structure, its checks, the job chain, the job helpers."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.slurm import SlurmError, SlurmJob, memory_bytes, sbatch_script, shared_root, submit
+from orchestrator.errors import ClusterError
+from orchestrator.slurm import SlurmError, SlurmJob, check_ray, memory_bytes, sbatch_script, shared_root, submit
+from orchestrator.slurm_job import free_ports, node_ip, wait_for_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = "name: unit\nstages:\n  s: {task: demo.sleep, params: {i: {range: [0, 3]}, seconds: 0}}\n"
@@ -170,3 +174,22 @@ def test_array_submits_a_chain_each_after_the_previous(tmp_path: Path) -> None:
     assert log.read_text().splitlines() == ["--parsable", "--parsable --dependency=afterany:101",
                                             "--parsable --dependency=afterany:102"]
     assert (tmp_path / "sbatch.log.scripts").read_text() == "#!/bin/bash\ntrue\n" * 3
+
+
+def test_a_python_without_ray_beside_it_is_refused() -> None:
+    # Invariant: the job would start Ray with the `ray` beside its python; without one, nothing is generated.
+    with pytest.raises(SlurmError, match="no `ray` executable beside /bin/sh"):
+        check_ray("/bin/sh")
+
+
+def test_job_helpers_find_an_address_and_stop_waiting_when_ray_start_exited() -> None:
+    # Invariant: head-address gives an IPv4 and two distinct ports; waiting for nodes gives up as soon as a
+    # watched `ray start` process is gone, instead of waiting out its timeout.
+    ip, first, second = node_ip(), *free_ports(2)
+    assert ipaddress.ip_address(ip).version == 4 and first != second
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=f"pid {exited.pid}"):
+        wait_for_nodes(f"127.0.0.1:{free_ports(1)[0]}", 1, timeout_s=60, watch=[exited.pid], poll_s=0.1)
+    assert time.monotonic() - start < 10
