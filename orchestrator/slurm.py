@@ -215,8 +215,11 @@ RAY_AUTH_TOKEN="$("$python" -c 'import secrets; print(secrets.token_hex(32))')"
 export RAY_AUTH_TOKEN
 unset RAY_ADDRESS
 
-steps=()   # the srun steps running `ray start --block`
-driver=""  # the orchestrator while it runs
+mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+head_node=${nodes[0]}
+steps=()      # the srun steps running `ray start --block`
+driver=""     # the orchestrator while it runs
+signalled=""  # TERM or INT once the job is being cancelled or has reached its time limit
 stop() {
     local status=$?
     trap '' TERM INT
@@ -227,16 +230,17 @@ stop() {
         kill -TERM "${steps[@]}" 2>/dev/null
         wait "${steps[@]}" 2>/dev/null
     fi
-    rm -rf "$ray_tmp"
+    # Ray's logs and sockets on every node; a cancelled job can start no more steps, and its logs stay.
+    if [[ -z $signalled ]] && ((${#nodes[@]})); then
+        srun --overlap --nodes="${#nodes[@]}" --ntasks-per-node=1 rm -rf "$ray_tmp"
+    fi
     echo "orchestrator slurm: Ray stopped; exit status $status"
     exit "$status"
 }
 trap stop EXIT
-trap 'exit 143' TERM
-trap 'exit 130' INT
+trap 'signalled=TERM; exit 143' TERM
+trap 'signalled=INT; exit 130' INT
 
-mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
-head_node=${nodes[0]}
 read -r head_ip port client_port < <(srun --overlap --nodes=1 --ntasks=1 --nodelist="$head_node" \
     "$python" -m orchestrator.slurm_job head-address)
 if [[ -z ${client_port:-} ]]; then echo "orchestrator slurm: no address for the Ray head on $head_node" >&2; exit 1; fi

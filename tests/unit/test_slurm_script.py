@@ -64,7 +64,8 @@ esac
 def test_four_node_script_starts_a_head_then_three_workers_then_the_driver(tmp_path: Path) -> None:
     # Invariant: on 4 nodes the script starts the Ray head on the first node and workers on the other 3
     # (with the per-node GPU and CPU counts), waits for 1 then 4 nodes, runs the driver with the overrides
-    # intact, stops Ray on exit with the driver's status; the token travels in the environment, not in argv.
+    # intact, stops Ray on exit with the driver's status and clears Ray's temp dir on every node; the token
+    # travels in the environment, not in argv.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("python", STUB_PYTHON.format(python=shlex.quote(sys.executable))), ("srun", STUB_SRUN),
@@ -103,6 +104,7 @@ def test_four_node_script_starts_a_head_then_three_workers_then_the_driver(tmp_p
         [*wait, "4", "--timeout", "600"],
         [python, "-m", "orchestrator", "run", "/shared/sweeps/unit.yaml", *overrides, "--address", "10.0.0.1:6379",
          "--results", "/shared/results"],
+        ["srun", "--overlap", "--nodes=4", "--ntasks-per-node=1", "rm", "-rf", f"/tmp/ray-{job_id}"],
     ]
     assert sorted(argv) == sorted(expected)  # the `ray start` steps run in the background: their order varies
     foreground = [call for call in argv if "start" not in call]
