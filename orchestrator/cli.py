@@ -235,6 +235,52 @@ def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = N
              force=force)
 
 
+@app.command("slurm")
+def slurm_command(
+    spec: SpecArg,
+    cpus_per_node: Annotated[int, typer.Option("--cpus-per-node", min=1, help="CPUs per node (Ray's --num-cpus).")],
+    mem: Annotated[str, typer.Option("--mem", help="Memory per node, as sbatch --mem: 64G, 500M.")],
+    time_limit: Annotated[str, typer.Option("--time", help="Time limit per job, as sbatch --time: 4:00:00.")],
+    overrides: OverridesArg = None,
+    results: ResultsOpt = None,
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes: Ray head on the first, workers on others.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=0, help="GPUs per node.")] = 0,
+    partition: Annotated[str | None, typer.Option("--partition", help="sbatch --partition.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="sbatch --account.")] = None,
+    constraint: Annotated[str | None, typer.Option("--constraint", help="sbatch --constraint.")] = None,
+    python: Annotated[str | None, typer.Option("--python", help="Python the job runs, with orchestrator and ray "
+                                                  "installed (default: the one running this command).")] = None,
+    array: Annotated[int, typer.Option("--array", min=1, help="Submit K jobs, each resuming after the previous "
+                                       "ends: sweeps longer than the time limit. Needs --submit.")] = 1,
+    submit: Annotated[bool, typer.Option("--submit", help="Submit with sbatch and print the job id(s).")] = False,
+) -> None:
+    """Print an sbatch script that starts Ray on a Slurm allocation and runs the sweep on it (--submit: submit it)."""
+    from orchestrator import slurm
+
+    try:
+        loaded = load_spec(spec, overrides or [])
+        root = slurm.shared_root(_results_root(results, loaded.spec.results))
+        Sweep(loaded, root).validate()  # every parameter checked before the job waits in the queue
+        interpreter = os.path.abspath(python or sys.executable)
+        slurm.check_ray(interpreter)
+        script = slurm.sbatch_script(slurm.SlurmJob(
+            spec=os.path.abspath(spec), results=root, python=interpreter, workdir=os.getcwd(),
+            job_name=loaded.name, cpus_per_node=cpus_per_node, mem=mem, time=time_limit,
+            overrides=tuple(overrides or ()), nodes=nodes, gpus_per_node=gpus_per_node, partition=partition,
+            account=account, constraint=constraint,
+        ))
+        if not submit:
+            if array > 1:
+                raise slurm.SlurmError("--array submits a chain of jobs: add --submit (without it, one script prints)")
+            sys.stdout.write(script)
+            return
+        ids = slurm.submit(script, jobs=array)
+    except OrchestratorError as exc:
+        _fail(exc)
+    console.print(f"submitted {len(ids)} job(s)" + (", each starting after the previous ends" if len(ids) > 1 else ""))
+    print("\n".join(ids))
+
+
 @app.command()
 def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None,
            out_dir: Annotated[Path | None, typer.Option("--out", help="Where figures go "
