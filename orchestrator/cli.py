@@ -260,7 +260,7 @@ def slurm_command(
     try:
         loaded = load_spec(spec, overrides or [])
         root = slurm.shared_root(_results_root(results, loaded.spec.results))
-        Sweep(loaded, root).validate()  # every parameter checked before the job waits in the queue
+        build_plan(loaded)  # every parameter checked before the job waits in the queue
         interpreter = os.path.abspath(python or sys.executable)
         slurm.check_ray(interpreter)
         script = slurm.sbatch_script(slurm.SlurmJob(

@@ -141,7 +141,8 @@ def local_nodes(num_cpus: float | None = None, num_gpus: float | None = None) ->
     except ImportError:
         return []
     spec = ResourceAndLabelSpec(num_cpus=num_cpus, num_gpus=num_gpus).resolve(is_head=True)  # type: ignore[arg-type]
-    return [NodeInfo("local", {k: float(v) for k, v in spec.to_resource_dict().items()})]
+    resources = spec.to_resource_dict()  # type: ignore[no-untyped-call]
+    return [NodeInfo("local", {k: float(v) for k, v in resources.items()})]
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:
