@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.errors import ResourceError, StoreError
 from orchestrator.api import open_sweep, run_spec
+from orchestrator.errors import ResourceError, StoreError
 from orchestrator.runner import RunOptions
 from orchestrator.store import SweepLock, load_results
 
@@ -154,7 +154,7 @@ def test_memory_reservation_is_enforced_per_run(write_spec, tmp_path: Path) -> N
             resources: {num_cpus: 1, memory: 200MiB}
             params: {megabytes: {grid: [10, 600]}}
     """)
-    outcome, = run_spec(spec, tmp_path / "r")
+    run_spec(spec, tmp_path / "r")
     df = load_results(str(tmp_path / "r"), "mem", "s").set_index("megabytes")
     assert df.loc[10, "status"] == "ok"
     assert df.loc[600, "status"] == "failed" and df.loc[600, "error_type"] == "memory_limit"
@@ -179,6 +179,5 @@ def test_second_driver_is_refused(write_spec, tmp_path: Path) -> None:
     # Invariant: two drivers on one sweep cannot interleave; the second gets a clear message.
     spec = write_spec("name: locked\nstages:\n  s: {task: demo.noop, params: {i: 1}}\n")
     _, store = open_sweep(spec, tmp_path / "r")
-    with SweepLock(store):
-        with pytest.raises(StoreError, match="is being run by pid"):
-            run_spec(spec, tmp_path / "r")
+    with SweepLock(store), pytest.raises(StoreError, match="is being run by pid"):
+        run_spec(spec, tmp_path / "r")

@@ -35,7 +35,7 @@ def test_val_best_test_flow_and_resume(write_spec, tmp_path: Path) -> None:
     # goes to best.parquet and runs on "test" params; a re-run executes nothing new.
     spec = write_spec(SPEC.format(constraints="[]"))
     results = tmp_path / "r"
-    val, test = run_spec(spec, str(results))
+    run_spec(spec, str(results))
     trials = load_results(str(results), "tuned", "val")
     assert len(trials) == 12 and trials.groupby("y").size().to_dict() == {-2.0: 6, 0.0: 6}
     best = {row["group"]: row for row in open_sweep(spec, results)[1].best_rows("val")}
