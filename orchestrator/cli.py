@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from types import FrameType
 from pathlib import Path
 from typing import Annotated
 
@@ -187,6 +189,13 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
              executor: str, force: bool) -> None:
     connector: Connector | None = None
     progress = RichProgress()
+    stopped_by: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt  # the same clean stop as Ctrl-C: stored rows flushed, Ray shut down
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         sweep, store = _load(spec, overrides, results)
         unknown = [s for s in stages or [] if s not in sweep.stages]
@@ -206,8 +215,9 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
         _fail(exc)
     except KeyboardInterrupt:
         progress.close()
-        console.print("[yellow]interrupted:[/] finished runs are stored; run the same command to resume")
-        raise typer.Exit(130) from None
+        how = "terminated" if stopped_by else "interrupted"
+        console.print(f"[yellow]{how}:[/] finished runs are stored; run the same command to resume")
+        raise typer.Exit(143 if stopped_by else 130) from None
     finally:
         if connector is not None:
             connector.close()

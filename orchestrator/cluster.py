@@ -27,6 +27,9 @@ AUTH_REMEDY = (
 # Workers inherit the rest: quiet model loading (no progress bars per load) and no tokenizer threads.
 RAY_ENV_DEFAULTS = {
     "RAY_task_oom_retries": "0",
+    # Ray's crash handler would turn a SIGTERM of the driver (kill, scancel, a time limit) into an abort;
+    # without it the driver stops as on Ctrl-C, storing the rows of finished runs first.
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
     "RAY_DEDUP_LOGS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -184,3 +184,34 @@ def test_plan_of_a_trillion_point_range_refuses_at_once(write_spec, tmp_path: Pa
     assert time.perf_counter() - start < 20  # process start and imports; expansion would take hours
     small = cli("plan", str(spec), "--results", str(tmp_path / "r"), "i={range: [0, 5]}", "max_runs=5", cwd=tmp_path)
     assert small.returncode == 0, small.stderr
+
+
+def test_sigterm_stops_cleanly_and_resumes(write_spec, tmp_path: Path) -> None:
+    # Invariant: SIGTERM to the driver (kill, scancel, a time limit) stops like Ctrl-C: exit 143, the
+    # finished runs stored (none half-written), and the same command resumes with each run stored once.
+    spec = write_spec("""\
+        name: termed
+        stages:
+          s: {task: demo.sleep, params: {i: {range: [0, 60]}, seconds: 0.1}}
+    """)
+    results = tmp_path / "r"
+    stage_dir = results / "termed" / "s"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results),
+                               "--num-cpus", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and driver.poll() is None and not list(stage_dir.glob("part-*")):
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.communicate()
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 143, stderr
+    assert "terminated:" in stderr and "Traceback" not in stderr
+    _assert_readable(stage_dir)
+    stored = len(load_results(str(results), "termed", "s"))
+    assert 0 < stored < 60
+    resumed = cli("run", str(spec), "--results", str(results), "--num-cpus", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    after = load_results(str(results), "termed", "s", latest=False)
+    assert len(after) == 60 and after.run_id.is_unique
