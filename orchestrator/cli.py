@@ -6,8 +6,8 @@ import os
 import signal
 import sys
 import time
-from types import FrameType
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer

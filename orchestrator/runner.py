@@ -245,6 +245,7 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
     scratch = store.scratch_dir()
     try:
         with SweepLock(store):
+            store.quarantine = True  # unreadable parts are moved aside only by the driver holding the lock
             store.remove_stale_temporaries()
             for name in plan.order:
                 if name in selected:
@@ -258,6 +259,7 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
                     outcomes.append(runner.outcome)
                 resolved[name] = known_runs(plan, store, name, resolved)
     finally:
+        store.quarantine = False
         shutil.rmtree(scratch, ignore_errors=True)
     return outcomes
 

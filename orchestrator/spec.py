@@ -248,6 +248,7 @@ class Stage(_Strict):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+RESERVED_STAGE_NAMES = ("artifacts", "report")  # the results store's own folders beside the stages
 
 
 class SweepSpec(_Strict):
@@ -263,6 +264,9 @@ class SweepSpec(_Strict):
         for name in stages:
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(f"stage name '{name}' must match {NAME_PATTERN}")
+            if name in RESERVED_STAGE_NAMES:
+                raise ValueError(f"stage name '{name}' is the name of a folder of the results store "
+                                 f"({', '.join(RESERVED_STAGE_NAMES)}); rename the stage")
         return stages
 
 

@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,11 +34,13 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError
 from orchestrator.schema import COLUMN_TYPES, arrow_kind, merged_kind
+from orchestrator.spec import RESERVED_STAGE_NAMES
 
 PART_PREFIX = "part-"
+PART_NAME = re.compile(r"^part-\d{20}-[0-9a-f]{8}\.parquet$")  # the only files read as data
 QUARANTINE = "_quarantine"
 BEST_FILE = "best.parquet"
-ARTIFACTS, REPORT = "artifacts", "report"
+ARTIFACTS, REPORT = RESERVED_STAGE_NAMES  # the store's folders beside the stages (no stage takes these names)
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str, bool]:
@@ -91,6 +95,7 @@ class ResultStore:
             if self.is_local:
                 self.root = base  # absolute: workers run in other directories
         self.base = f"{base}/{sweep}"
+        self.quarantine = False  # move unreadable parts aside: only `run`, under the sweep's lock, turns it on
 
     # -- paths
     def stage_dir(self, stage: str) -> str:
@@ -121,13 +126,24 @@ class ResultStore:
         return self.write_table(stage, _to_table(rows))
 
     def write_table(self, stage: str, table: pa.Table, name: str | None = None) -> str:
+        """Write `table` under a temporary name, then rename it into place: readers never see half a file.
+
+        A full or read-only results root is a StoreError naming the path and the OS error; the temporary
+        file is removed, and nothing stored before is touched.
+        """
         directory = self.stage_dir(stage)
-        self.fs.create_dir(directory, recursive=True)
         final = f"{directory}/{name or f'{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet'}"
         temporary = f"{directory}/.tmp-{uuid.uuid4().hex}.parquet"
-        with self.fs.open_output_stream(temporary) as stream:
-            pq.write_table(table, stream, compression="zstd")
-        self.fs.move(temporary, final)
+        try:
+            self.fs.create_dir(directory, recursive=True)
+            with self.fs.open_output_stream(temporary) as stream:
+                pq.write_table(table, stream, compression="zstd")
+            self.fs.move(temporary, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(temporary)
+            raise StoreError(f"{final}: cannot write results: {exc}; the runs stored before are kept. Free "
+                             "space or fix the permissions, then run the same command to resume") from None
         return final
 
     def remove_stale_temporaries(self) -> int:
@@ -137,7 +153,10 @@ class ResultStore:
             selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
             for info in self.fs.get_file_info(selector):
                 if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-"):
-                    self.fs.delete_file(info.path)
+                    try:
+                        self.fs.delete_file(info.path)
+                    except OSError as exc:
+                        raise StoreError(f"{info.path}: cannot remove a half-written part: {exc}") from None
                     removed += 1
         return removed
 
@@ -145,7 +164,7 @@ class ResultStore:
     def part_files(self, stage: str) -> list[str]:
         selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
-        names = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(PART_PREFIX)]
+        names = [i.path for i in infos if i.type == pafs.FileType.File and PART_NAME.match(i.base_name)]
         return sorted(names)
 
     def stages(self) -> list[str]:
@@ -153,7 +172,7 @@ class ResultStore:
         return sorted(
             i.base_name
             for i in self.fs.get_file_info(selector)
-            if i.type == pafs.FileType.Directory and i.base_name not in (ARTIFACTS, REPORT)
+            if i.type == pafs.FileType.Directory and i.base_name not in RESERVED_STAGE_NAMES
             and not i.base_name.startswith(".")
         )
 
@@ -179,7 +198,12 @@ class ResultStore:
                     wanted = [c for c in columns if c in names] if columns else None
                     tables.append(parquet.read(columns=wanted))
             except (pa.ArrowInvalid, OSError) as exc:
-                self._quarantine(path, str(exc).splitlines()[0])
+                reason = str(exc).splitlines()[0]
+                if self.quarantine:
+                    self._quarantine(path, reason)
+                else:
+                    warnings.warn(f"{path}: unreadable results file skipped ({reason}); `run` moves it aside and "
+                                  "recomputes its runs", stacklevel=3)
         return tables
 
     def read_stage(self, stage: str, columns: list[str] | None = None, latest: bool = True) -> pa.Table:
@@ -356,9 +380,12 @@ class SweepLock:
         import socket
 
         directory = Path(self.store.base)
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / ".lock"
-        self.handle = open(path, "a+")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.handle = open(path, "a+")  # held open for the lock's lifetime
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot open the sweep's lock file: {exc}") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -369,10 +396,11 @@ class SweepLock:
                 f"{path}: sweep '{self.store.sweep}' is being run by {holder}; wait for it to finish "
                 "(two drivers on one sweep would compute the same runs twice)"
             ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        self.handle.flush()
+        with contextlib.suppress(OSError):  # a full disk may refuse the note; the lock itself is held
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            self.handle.flush()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -158,7 +158,8 @@ def test_ray_oom_kill_is_a_failure_row_not_a_hang(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("ray_session")
 def test_corrupted_and_foreign_parquet_files(write_spec, tmp_path: Path) -> None:
-    # Invariant: a corrupted part is quarantined (its runs recomputed), a foreign one ignored; nothing else lost.
+    # Invariant: a corrupted part is reported by read-only commands and quarantined by `run` only (its runs
+    # recomputed); files not named like the store's parts, or without its columns, are not data.
     spec = write_spec("name: files\nstages:\n  s: {task: demo.noop, params: {i: {range: [0, 20]}}}\n")
     results = tmp_path / "r"
     run_spec(spec, results)
@@ -167,6 +168,11 @@ def test_corrupted_and_foreign_parquet_files(write_spec, tmp_path: Path) -> None
     data = good.read_bytes()
     good.write_bytes(data[: len(data) // 2])  # a torn file, as a crashed copy tool would leave
     pq.write_table(pa.table({"a": [1, 2]}), stage_dir / "part-foreign.parquet")
+    pq.write_table(pa.table({"a": [1, 2]}), stage_dir / "part-00000000000000000001-0000abcd.parquet")
+    (stage_dir / "part-x.parquet.bak").write_bytes(data)
+    with pytest.warns(UserWarning, match="unreadable results file skipped"):
+        summarize(*open_sweep(spec, results))  # status / plan: report, leave the file where it is
+    assert good.is_file()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         outcome, = run_spec(spec, results)
