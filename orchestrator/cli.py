@@ -31,7 +31,7 @@ from orchestrator.plan import SweepPlan, build_plan
 from orchestrator.registry import task_entries
 from orchestrator.report import stage_report
 from orchestrator.runner import RunOptions, run_sweep
-from orchestrator.schema import FAILED
+from orchestrator.schema import is_failure
 from orchestrator.spec import load_spec
 from orchestrator.status import StageSummary, summarize
 from orchestrator.store import ResultStore
@@ -137,7 +137,7 @@ def status(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = 
 def _print_failures(sweep: SweepPlan, store: ResultStore, stages: list[str], limit: int = 5) -> None:
     for name in stages:
         table = store.read_stage(name, columns=["status", "error_type", "error"])
-        failed = [r for r in table.to_pylist() if r.get("status") == FAILED]
+        failed = [r for r in table.to_pylist() if is_failure(r.get("status"))]
         out.print(f"[red]{len(failed)} failed run(s) in stage {name}[/] (latest attempt), e.g.:")
         for row in failed[:limit]:
             out.print(escape(f"  {row['run_id']} [{row.get('error_type')}] {str(row.get('error'))[:200]}"),

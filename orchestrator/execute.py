@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import resource
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 from orchestrator.context import RunContext, Upstream
 from orchestrator.registry import TaskDef, resolve_target
-from orchestrator.schema import BAD_OUTPUT, FAILED, MEMORY_LIMIT, MISSING_UPSTREAM, OK, TASK_ERROR
+from orchestrator.schema import BAD_OUTPUT, FAILED, MEMORY_LIMIT, MISSING_UPSTREAM, OK, TASK_ERROR, TIMEOUT
 from orchestrator.spec import Retries
 
 SCALARS = (str, int, float, bool, type(None))
@@ -42,6 +44,7 @@ class RunPayload:
     artifact_root: str | None  # local artifact root of the store, or None for remote stores
     upstream: dict[str, list[Upstream]] = field(default_factory=dict)
     memory_bytes: int | None = None
+    timeout_s: float | None = None
 
 
 @dataclass
@@ -126,7 +129,34 @@ def memory_limit(limit_bytes: int | None, enabled: bool = True) -> Iterator[None
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
+class RunTimeout(BaseException):
+    """Raised inside a run that exceeded its time limit (a BaseException: `except Exception` in a task
+    cannot swallow it)."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Interrupt the code inside after `seconds` (SIGALRM, main thread only; elsewhere the driver's
+    backstop kills the worker). Code stuck in C without returning to Python is left to the backstop."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise RunTimeout(f"the run exceeded its timeout of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def classify_error(exc: BaseException) -> str:
+    if isinstance(exc, RunTimeout):
+        return TIMEOUT
     if isinstance(exc, MemoryError):
         return MEMORY_LIMIT
     text = str(exc)
@@ -200,7 +230,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
                         f"upstream artifacts of stage '{stage}' run {up.run_id} are missing: {up.artifact_dir}"
                     )
         ctx.setup = cache.get(task, params, ctx)
-        with memory_limit(payload.memory_bytes, enabled=not gpu_ids):
+        with memory_limit(payload.memory_bytes, enabled=not gpu_ids), time_limit(payload.timeout_s):
             output = task.fn(params, ctx)
         try:
             result.rows = normalize_rows(output)
@@ -347,6 +377,12 @@ class StageExecution:
     resources: Any  # spec.Resources
     retries: Retries
     max_workers: int | None = None
+    timeout_s: float | None = None
+
+
+def retry_as_system_failure(item: WorkItem, result: RunResult, retries: Retries) -> bool:
+    """A timed-out run is retried like a worker death (`retries.system`), not like an exception."""
+    return result.error_type == TIMEOUT and item.system_failures < retries.system
 
 
 class InlineExecutor:
@@ -376,7 +412,12 @@ class InlineExecutor:
             while True:
                 payload = RunPayload(**{**item.payload.__dict__, "memory_bytes": None})
                 result = execute_run(payload, self.cache, [])
-                if result.status != OK and item.errors < stage.retries.errors:
+                if retry_as_system_failure(item, result, stage.retries):
+                    item.system_failures += 1
+                    item.payload.attempt += 1
+                    time.sleep(min(stage.retries.backoff_s * 2 ** (item.system_failures - 1), 60.0))
+                    continue
+                if result.status != OK and result.error_type != TIMEOUT and item.errors < stage.retries.errors:
                     item.errors += 1
                     item.payload.attempt += 1
                     time.sleep(min(stage.retries.backoff_s * 2 ** (item.errors - 1), 60.0))

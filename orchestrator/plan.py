@@ -66,7 +66,8 @@ class StagePlan:
 
     @property
     def execution(self) -> StageExecution:
-        return StageExecution(self.task, self.resources, self.stage.retries, self.stage.max_workers)
+        return StageExecution(self.task, self.resources, self.stage.retries, self.stage.max_workers,
+                              self.stage.timeout_s)
 
     @property
     def expected(self) -> int | None:

@@ -143,7 +143,8 @@ class StageRun:
     def item(self, run: Run) -> WorkItem:
         self.runs[run.run_id] = run
         payload = RunPayload(run.run_id, run.target, run.params, run.seed, self.attempt(run),
-                             self.store.artifact_root(), self.upstream_of(run), self.memory)
+                             self.store.artifact_root(), self.upstream_of(run), self.memory,
+                             self.stage.stage.timeout_s)
         return WorkItem(payload, self.stage.task.setup_key(run.params))
 
     def upstream_of(self, run: Run) -> dict[str, list[Upstream]]:

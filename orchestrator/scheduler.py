@@ -32,9 +32,10 @@ from orchestrator.execute import (
     WorkItem,
     WorkSource,
     execute_chunk,
+    retry_as_system_failure,
     worker_cache,
 )
-from orchestrator.schema import FAILED, OK
+from orchestrator.schema import FAILED, OK, TIMEOUT
 from orchestrator.spec import Resources
 
 SYSTEM_ERRORS = {
@@ -75,6 +76,7 @@ class SchedulerConfig:
     max_chunk: int = 512
     chunks_per_slot: int = 4
     cache_size: int = 2
+    timeout_grace_s: float = 30.0  # beyond a run's timeout_s before the backstop kills its worker
 
 
 @dataclass
@@ -124,6 +126,7 @@ class StageScheduler:
         on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.task, self.resources, self.retries = stage.task, stage.resources, stage.retries
+        self.timeout_s = stage.timeout_s
         self.config = config or SchedulerConfig()
         max_workers = stage.max_workers
         self.slots = max(1, min(slots, max_workers) if max_workers else slots)
@@ -142,7 +145,7 @@ class StageScheduler:
 
     # ---------------------------------------------------------------- sizing
     def _chunk_size(self, remaining: int) -> int:
-        if self.mean_run_s is None:
+        if self.mean_run_s is None or self.timeout_s:  # a run with a time limit goes alone
             return 1
         size = int(self.config.target_chunk_s / max(self.mean_run_s, 1e-6))
         fair = -(-remaining // self.slots)  # keep every slot busy near the end
@@ -183,7 +186,8 @@ class StageScheduler:
         """Drive every item of `source` to a final result."""
         queued: dict[Any, deque[WorkItem]] = {}  # setup key -> items waiting (actors) or one queue
         # max_workers is a hard cap on concurrent runs; otherwise keep a few chunks queued per slot
-        window = self.max_workers or self.slots * self.config.chunks_per_slot
+        # With a time limit nothing queues behind a running chunk, so a chunk's clock starts when it runs.
+        window = self.max_workers or self.slots * (1 if self.timeout_s else self.config.chunks_per_slot)
         lookahead = 0
 
         def pull(n: int) -> None:
@@ -233,6 +237,7 @@ class StageScheduler:
                 ready += more
             for ref in ready:
                 self._collect(ref)
+            self._stop_overdue()
             if self.on_tick:
                 self.on_tick()
         self.setup_loads = self.actor_setup_loads()
@@ -246,7 +251,7 @@ class StageScheduler:
             key = next(iter(queued))
             self._submit_stateless(take(key, size))
             return True
-        free = [a for a in self.actors if self.actor_load[a] < 2]
+        free = [a for a in self.actors if self.actor_load[a] < (1 if self.timeout_s else 2)]
         busy_keys = {self.actor_key.get(a) for a in self.actors if self.actor_load[a] > 0}
         # 1. a free actor already holding a queued key
         for actor in free:
@@ -279,16 +284,42 @@ class StageScheduler:
             self._system_failure(chunk.items, exc)
             return
         self._observe(results)
+        if chunk.actor is not None and any(r.error_type == TIMEOUT for r in results):
+            self._drop_actor(chunk.actor)  # interrupted mid-run: its setup may be left half-changed; reload
         for item, result in zip(chunk.items, results, strict=True):
-            if result.status != OK and item.errors < self.retries.errors:
+            if retry_as_system_failure(item, result, self.retries):
+                item.system_failures += 1
+                item.payload.attempt += 1
+                self._schedule_retry(item, item.system_failures)
+                continue
+            if result.status != OK and result.error_type != TIMEOUT and item.errors < self.retries.errors:
                 item.errors += 1
                 item.payload.attempt += 1
                 self._schedule_retry(item, item.errors)
                 continue
             self.on_result(item, result)
 
-    def _system_failure(self, items: list[WorkItem], exc: BaseException) -> None:
-        error_type = _system_error_type(exc) or "worker_error"
+    def _stop_overdue(self) -> None:
+        """The backstop for runs a worker could not interrupt (stuck outside Python): a chunk still running
+        well past its time limit has its worker killed (an actor is replaced, its model reloaded), and its
+        runs are failures of type `timeout`, retried as system failures."""
+        if not self.timeout_s:
+            return
+        grace = max(self.config.timeout_grace_s, self.timeout_s)  # queueing and setup (a model load) first
+        now = time.perf_counter()
+        for ref, chunk in list(self.in_flight.items()):
+            if now - chunk.submitted <= self.timeout_s * len(chunk.items) + grace:
+                continue
+            del self.in_flight[ref]
+            if chunk.actor is not None:
+                self._drop_actor(chunk.actor)
+            else:
+                ray.cancel(ref, force=True)
+            self._system_failure(chunk.items, TimeoutError(
+                f"the run exceeded its timeout of {self.timeout_s:g} s and its worker was killed"), TIMEOUT)
+
+    def _system_failure(self, items: list[WorkItem], exc: BaseException, error_type: str | None = None) -> None:
+        error_type = error_type or _system_error_type(exc) or "worker_error"
         for item in items:
             if item.system_failures < self.retries.system:
                 item.system_failures += 1

@@ -17,14 +17,21 @@ if TYPE_CHECKING:
     from orchestrator.execute import RunResult
     from orchestrator.runs import Run
 
-# Statuses of a run's latest attempt.
+# A run's outcome. In memory a result is OK or FAILED with an error type; a stored row's `status` is `ok`
+# or the error type itself (also in `error_type`), so `status` alone says why a run failed.
 OK, FAILED = "ok", "failed"
+TASK_ERROR = "task_error"  # the task raised
+BAD_OUTPUT = "bad_output"  # the task returned rows that cannot be stored
+MEMORY_LIMIT = "memory_limit"  # the run exceeded its `memory` reservation
+MISSING_UPSTREAM = "missing_upstream"  # an upstream run it reads is not stored as ok
+TIMEOUT = "timeout"  # the run exceeded its stage's `timeout_s`
+# The scheduler adds Ray's system failures: worker_died, node_died, out_of_memory, object_lost,
+# unschedulable, ray_error, worker_error.
 
-# Error types of a failed run (the `error_type` column); the scheduler adds Ray's system failures.
-TASK_ERROR = "task_error"
-BAD_OUTPUT = "bad_output"
-MEMORY_LIMIT = "memory_limit"
-MISSING_UPSTREAM = "missing_upstream"
+
+def is_failure(status: str | None) -> bool:
+    """A stored status that records a failed run (every status but `ok`)."""
+    return status is not None and status != OK
 
 # Columns the orchestrator writes, typed even when a batch holds only nulls (so parts concatenate).
 COLUMN_TYPES: dict[str, pa.DataType] = {
@@ -174,7 +181,7 @@ def result_rows(run: Run, result: RunResult, git_commit: str | None, versions: s
         "upstream_run_ids": list(run.upstream_ids),
         "selected_from": run.selected_from,
         "seed": run.seed,
-        "status": result.status,
+        "status": OK if result.status == OK else result.error_type or FAILED,
         "error_type": result.error_type,
         "error": result.error,
         "traceback": result.traceback,

@@ -237,6 +237,7 @@ class Stage(_Strict):
     tune: TuneSpec | None = None
     transfer: str | None = None
     max_workers: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)  # per run; a run past it is stopped, stored as `timeout`
 
     @model_validator(mode="after")
     def _task_or_transfer(self) -> Stage:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from orchestrator.plan import SweepPlan
 from orchestrator.runner import known_runs
 from orchestrator.runs import Run
-from orchestrator.schema import FAILED, OK
+from orchestrator.schema import OK, is_failure
 from orchestrator.store import ResultStore
 
 
@@ -51,7 +51,7 @@ def summarize(plan: SweepPlan, store: ResultStore) -> list[StageSummary]:
         mine = {r.run_id for r in runs or []}
         for run_id in mine & states.keys():
             summary.ok += states[run_id].status == OK
-            summary.failed += states[run_id].status == FAILED
+            summary.failed += is_failure(states[run_id].status)
         if stage.kind == "tune":  # a group's trials beyond num_samples are not "to run"
             summary.ok = min(summary.ok, summary.total or 0)
             summary.failed = min(summary.failed, (summary.total or 0) - summary.ok)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import time
 from typing import Any
@@ -125,6 +126,8 @@ class LookupParams(TaskParams):
     model: str
     i: int = 0
     load_seconds: float = Field(0.0, ge=0)
+    run_seconds: float = Field(0.0, ge=0)
+    ignore_alarm: bool = False  # block SIGALRM while running: a run stuck where a time limit cannot reach it
 
 
 def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
@@ -136,7 +139,15 @@ def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
 @task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",),
       smoke={"model": "tiny", "i": 2}, measured=("loaded_at", "pid"))
 def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
-    """Uses the model its worker loaded (model-reuse tests): which model, loaded when, by which process."""
+    """Uses the model its worker loaded (model-reuse and timeout tests): which model, loaded when, by which
+    process; `run_seconds` makes the run itself slow."""
+    if params.run_seconds:
+        blocked = {signal.SIGALRM} if params.ignore_alarm else set()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            time.sleep(params.run_seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     model = ctx.setup
     return {
         "served_by": model["name"],

@@ -54,7 +54,7 @@ def test_plan_status_run_report_and_exit_codes(write_spec, tmp_path: Path) -> No
     status = cli("status", str(spec), "--results", results, cwd=tmp_path)
     assert "│    6 │    4 │      2 │      0 │" in status.stdout
     report = cli("report", str(spec), "--results", results, cwd=tmp_path)
-    assert report.returncode == 0 and "4 ok" in report.stdout and "2 failed" in report.stdout
+    assert report.returncode == 0 and "4 ok" in report.stdout and "2 task_error" in report.stdout
     fixed = cli("run", str(spec), "--results", results, "fail_if_divisible_by=0", cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr  # new param value -> new run ids, all succeed
 

@@ -73,7 +73,7 @@ def test_unstorable_values_become_bad_output_rows(tmp_path: Path, lab: dict[str,
     for case, fragment in (("huge", "does not fit a 64-bit integer"), ("text", "holds a string"),
                            ("keys", "name the same column")):
         bad = df.loc[case]
-        assert (bad.status == "failed").all() and (bad.error_type == "bad_output").all(), bad.error.tolist()
+        assert (bad.status == "bad_output").all() and (bad.error_type == "bad_output").all(), bad.error.tolist()
         assert bad.error.str.contains(fragment).all(), bad.error.tolist()
     again = run(spec, results, lab, "--executor", executor)
     assert again.returncode == 1 and "executed 0 runs" in again.stderr, again.stderr
