@@ -11,11 +11,12 @@ PREPARED = ROOT.parent / "shared/data/reagent/analogies_prepared"
 
 
 def _runs(name, tmp_path):
+    from orchestrator.plan import build_plan
     from orchestrator.spec import load_spec
-    from orchestrator.stages import Sweep
 
-    sweep = Sweep(load_spec(ROOT / "sweeps" / name), str(tmp_path))
-    return [run for plan in sweep.plans.values() for run in plan.runs()]
+    plan = build_plan(load_spec(ROOT / "sweeps" / name))
+    assert all(stage.kind == "grid" for stage in plan.stages.values())
+    return [run for stage in plan.stages.values() for run in stage.runs.values()]
 
 
 @pytest.mark.parametrize("name", ["reagent_analogies.yaml", "reagent_sequence.yaml"])
