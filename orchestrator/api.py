@@ -51,6 +51,7 @@ class Connector:
         if self.executor == "inline":
             return InlineExecutor()
         # Ray is imported only for the Ray executor: `plan` and `--executor inline` run without it.
+        cluster.set_ray_environment()  # before `ray` is imported: it reads some of these once
         from orchestrator.scheduler import RayExecutor
 
         self.started_ray = cluster.connect(self.address, self.num_cpus, self.num_gpus,

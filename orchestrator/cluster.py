@@ -7,7 +7,9 @@ import importlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,12 @@ RAY_ENV_DEFAULTS = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+def set_ray_environment() -> None:
+    """The RAY_ENV_DEFAULTS (unless the user set them): call before `ray` is imported, which reads some."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def shipped_modules(targets: Iterable[str]) -> list[str]:
@@ -67,8 +75,7 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
 
     if ray.is_initialized():
         return False
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    set_ray_environment()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # "local" always starts a fresh Ray (a bare ray.init() would attach to any `ray start` cluster).
@@ -81,12 +88,16 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
         modules = shipped_modules(task_targets)
         if modules:
             kwargs["runtime_env"] = {"py_modules": modules}
+    # ray.init replaces the SIGTERM handler with one that exits at once; the caller's (a clean stop) is kept.
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         if address is None:
             with _loopback_node_ip():
                 ray.init(**kwargs)
         else:
             ray.init(**kwargs)
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     except Exception as exc:  # Ray raises many types here; all mean "no cluster"
         text = f"{type(exc).__name__}: {exc}"
         if "auth" in text.lower() or (address and os.environ.get("RAY_AUTH_MODE") != "token"):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.store import load_results
-from tests.helpers import executing_workers
+from tests.helpers import driver_with_stored_rows, executing_workers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,15 +132,7 @@ def test_ctrl_c_during_tuning_stops_the_sweep_and_resumes(write_spec, tmp_path: 
             tune: {metric: t_end, mode: min, group_by: [i], num_samples: 12, space: {seconds: {uniform: [0.2, 0.3]}}}
     """)
     results = tmp_path / "r"
-    stage_dir = results / "tunestop" / "val"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results),
-                               "--num-cpus", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and driver.poll() is None and not list(stage_dir.glob("part-*")):
-        time.sleep(0.05)
-    assert driver.poll() is None, driver.communicate()
+    driver = driver_with_stored_rows(spec, results, results / "tunestop" / "val", tmp_path)
     os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr
@@ -196,14 +188,7 @@ def test_sigterm_stops_cleanly_and_resumes(write_spec, tmp_path: Path) -> None:
     """)
     results = tmp_path / "r"
     stage_dir = results / "termed" / "s"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results),
-                               "--num-cpus", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and driver.poll() is None and not list(stage_dir.glob("part-*")):
-        time.sleep(0.05)
-    assert driver.poll() is None, driver.communicate()
+    driver = driver_with_stored_rows(spec, results, stage_dir, tmp_path)
     driver.send_signal(signal.SIGTERM)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 143, stderr

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.store import load_results
+from tests.helpers import ray_head, submit_job
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -35,34 +32,13 @@ def test_ray_job_submit_runs_the_same_command(tmp_path: Path) -> None:
     spec = tmp_path / "job.yaml"
     spec.write_text("name: job\nstages:\n  s: {task: demo.quadratic, params: {x: {grid: [0, 1, 2]}}}\n")
     results = tmp_path / "results"
-    port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         f"--dashboard-agent-listen-port={free_port()}"],  # the default port clashes with any other Ray here
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        address = f"http://127.0.0.1:{dashboard}"
-        submit = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
-                  "--runtime-env-json", json.dumps({"excludes": ["results/", ".venv/"]}), "--",
-                  sys.executable, "-m", "orchestrator", "run", str(spec), "--results", str(results)]
-        deadline = time.time() + 180
-        while True:  # the dashboard's job server needs a few seconds after the head starts
-            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
-            if job.returncode == 0 or time.time() > deadline:
-                break
-            time.sleep(2)
+    with ray_head(env) as (_, dashboard):
+        job = submit_job(dashboard, env, [sys.executable, "-m", "orchestrator", "run", str(spec), "--results",
+                                          str(results)])
         assert job.returncode == 0, job.stdout + job.stderr
-        df = load_results(str(results), "job", "s")
-        assert sorted(df.x) == [0.0, 1.0, 2.0] and (df.status == "ok").all()
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    df = load_results(str(results), "job", "s")
+    assert sorted(df.x) == [0.0, 1.0, 2.0] and (df.status == "ok").all()
 
 
 CLUSTER_SCRIPT = textwrap.dedent("""

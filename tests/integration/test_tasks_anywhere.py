@@ -3,14 +3,9 @@ package's entry point, on a local Ray, on a `ray start` cluster and under `ray j
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -19,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.store import load_results
+from tests.helpers import ray_head, submit_job
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -128,31 +124,14 @@ def test_own_tasks_run_locally(lab: Path, tmp_path: Path, executor: str) -> None
     check_rows(tmp_path / "r")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 def test_own_tasks_on_a_ray_start_cluster_and_under_job_submit(lab: Path, tmp_path: Path) -> None:
     # Invariant: on a separately started cluster, whose workers do not see the driver's PYTHONPATH, the
     # user's module is shipped with the job; the same holds for a driver run by `ray job submit`.
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    port, dashboard = free_port(), free_port()
-    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env = {**clean, "RAY_AUTH_MODE": "token"}
-    temp_dir = tempfile.mkdtemp(prefix="raylab-", dir="/tmp")  # Ray's socket paths must fit 107 bytes
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         f"--dashboard-agent-listen-port={free_port()}"],  # the default port clashes with any other Ray here
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "RAY_AUTH_MODE": "token"}
+    with ray_head(env) as (port, dashboard):
         attach = [str(BIN / "orchestrator"), "run", str(spec), "--results", str(tmp_path / "attached"),
                   "--address", f"127.0.0.1:{port}"]
         deadline = time.time() + 120
@@ -164,19 +143,7 @@ def test_own_tasks_on_a_ray_start_cluster_and_under_job_submit(lab: Path, tmp_pa
             time.sleep(2)
         assert done.returncode == 0, done.stdout + done.stderr
         check_rows(tmp_path / "attached")
-        submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-                  "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"excludes": ["results/", ".venv/"]}),
-                  "--", "env", f"PYTHONPATH={lab}", sys.executable, "-m", "orchestrator", "run", str(spec),
-                  "--results", str(tmp_path / "job")]
-        deadline = time.time() + 120
-        while True:  # the dashboard's job server needs a few seconds after the head starts
-            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
-            if job.returncode == 0 or time.time() > deadline:
-                break
-            time.sleep(2)
+        job = submit_job(dashboard, env, ["env", f"PYTHONPATH={lab}", sys.executable, "-m", "orchestrator", "run",
+                                          str(spec), "--results", str(tmp_path / "job")])
         assert job.returncode == 0, job.stdout + job.stderr
-        check_rows(tmp_path / "job")
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    check_rows(tmp_path / "job")
