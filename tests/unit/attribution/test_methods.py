@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.attribution.ops import METHODS, attribute
-from tasks.attribution.ops import gradients
+from tasks.attribution.ops import METHODS, attribute, gradients
 from tasks.attribution.ops.attention import attention_maps, attention_row
 from tasks.attribution.ops.reagent import ReagentConfig
 from tasks.attribution.ops.samplers import UniformSampler

@@ -11,8 +11,9 @@ PREPARED = ROOT.parent / "shared/data/reagent/analogies_prepared"
 
 
 def _runs(name, tmp_path):
-    from orchestrator.spec import load_spec
     from orchestrator.stages import Sweep
+
+    from orchestrator.spec import load_spec
 
     sweep = Sweep(load_spec(ROOT / "sweeps" / name), str(tmp_path))
     return [run for plan in sweep.plans.values() for run in plan.runs()]

@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_memit_sweep_uses_the_forks_loss_behaviours(tmp_path):
     # invariant: every val run of memit.yaml (the test stage transfers them) has the fork's anti prompts,
     # shared length normalisation and -50 early stop on; the task's defaults have them off
-    from orchestrator.spec import load_spec
     from orchestrator.stages import Sweep
+
+    from orchestrator.spec import load_spec
     from tasks.editing.task import MemitParams
 
     sweep = Sweep(load_spec(ROOT / "sweeps" / "memit.yaml"), str(tmp_path))

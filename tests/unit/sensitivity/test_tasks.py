@@ -7,8 +7,7 @@ import torch
 
 from orchestrator.context import Upstream, local_context
 from tasks.embedding.artifacts import write_layer
-from tasks.sensitivity.task import (GeneralisationParams, WordSensitivityParams, generalisation,
-                                    word_sensitivity)
+from tasks.sensitivity.task import GeneralisationParams, WordSensitivityParams, generalisation, word_sensitivity
 
 
 def test_rows_have_the_original_columns():
