@@ -93,7 +93,7 @@ def main() -> None:
 
     from orchestrator import cluster
     from orchestrator.api import run_spec
-        
+
     cluster.connect(num_cpus=2)
     spin = write_spec(f"""\
         name: spin
