@@ -45,7 +45,7 @@ def uniform_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # per-model caches of derived, read-only values (templates, key statistics): keyed weakly on the model
-_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 def _cached(model, key: tuple, build):
@@ -272,7 +272,7 @@ class RomeParams(TaskParams):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _explicit_request(self) -> "RomeParams":
+    def _explicit_request(self) -> RomeParams:
         given = [self.subject is not None, self.prompt is not None, self.target_new is not None]
         if any(given) and not all(given):
             raise ValueError("subject, prompt and target_new must be given together (or none: a built-in fact)")
