@@ -80,9 +80,8 @@ def test_inserted_update_maps_the_bare_prompt_to_v_star_and_is_undone(tiny_lm, a
         assert torch.allclose(value[0], update.v_star, atol=1e-4, rtol=1e-4)
         assert not torch.equal(weight, original)
     assert torch.equal(weight, original)
-    with pytest.raises(RuntimeError, match="boom"):
-        with rome.applied_update(model, update):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), rome.applied_update(model, update):
+        raise RuntimeError("boom")
     assert torch.equal(weight, original)
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
 
