@@ -108,7 +108,7 @@ def parse_analogies(lines: list[str]) -> dict[str, list[tuple[str, str]]]:
         if index != len(chunks) - 1:
             words = words[:-1]  # the space before the next ':'
         words = [w for w in words if w]
-        pairs = list(zip(words[0::2], words[1::2]))
+        pairs = list(zip(words[0::2], words[1::2], strict=False))  # an odd last word has no pair: dropped
         out[category] = list(dict.fromkeys(pairs))
     return out
 
@@ -211,7 +211,7 @@ def prepare_analogies(
             words = [tokenizer.decode(seq + [preds[j]]).split(" ")[-1] for seq, j in
                      ((full[i], i), (short[i], len(candidates) + i))]
             ok.append(all(w == c[5] for w in words))
-        candidates = [c for c, keep in zip(candidates, ok) if keep]
+        candidates = [c for c, keep in zip(candidates, ok, strict=True) if keep]
 
     examples = []
     for category, analogy_idx, pair_idx, sentence, ids, target_word, relative_word, ds, de in candidates:

@@ -159,7 +159,7 @@ def _score(
                           sampler=sampler, generator=gen_attr, seed=ctx.seed + start, normalization=normalization,
                           internal_batch_size=params.internal_batch_size)
         seconds = (time.perf_counter() - t0) / len(part)
-        for (fields, _, y), ids, a in zip(part, prefixes, attrs):
+        for (fields, _, y), ids, a in zip(part, prefixes, attrs, strict=True):
             rand = random_scores(len(ids), gen_metric, device)
             own, rnd = soft_metrics(model, ids, [a.scores, rand], gen_metric, params.distance)
             rows.append({

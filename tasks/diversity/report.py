@@ -62,7 +62,7 @@ def diversity_summary(
     rows = []
     for group, part in df.groupby(keys, sort=True):
         group = group if isinstance(group, tuple) else (group,)
-        row = dict(zip(keys, group))
+        row = dict(zip(keys, group, strict=True))
         for metric in metrics:
             values = part[metric].dropna().to_numpy(dtype=float)
             row[metric] = values.mean() if len(values) else np.nan

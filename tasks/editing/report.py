@@ -71,7 +71,8 @@ def plot_trace(
     for row, fact in enumerate(fact_ids):
         first = cells[cells["fact_index"] == fact]
         tokens = first.drop_duplicates("token_index").sort_values("token_index")
-        labels = [("*" if s else "") + repr(t)[1:-1] for t, s in zip(tokens["token"], tokens["is_subject"])]
+        labels = [("*" if s else "") + repr(t)[1:-1]
+                  for t, s in zip(tokens["token"], tokens["is_subject"], strict=True)]
         for col, site in enumerate(sites):
             ax = axes[row][col]
             grid = trace_grid(df, fact, site, value)
@@ -171,7 +172,7 @@ def selection_table(
     out = []
     if "selected_from" in agg.columns and agg["selected_from"].notna().any():
         for group, part in agg.groupby(keys, dropna=False, sort=True):
-            row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+            row = dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True))
             row.update({c: part[c].astype(float).mean() for c in columns})
             gains = 100 * part["success_gain"].astype(float)
             row["gain_points"] = gains.mean()
@@ -181,7 +182,7 @@ def selection_table(
             out.append(row)
         return pd.DataFrame(out)
     for group, part in agg.groupby(keys, dropna=False, sort=True):
-        row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+        row = dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True))
         inside = part if bound is None else part[part[bound_metric].astype(float) <= bound]
         row["n_trials"], row["n_inside"] = len(part), len(inside)
         if len(inside):

@@ -334,7 +334,7 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
         update_norm = float(delta.norm())
 
     rows: list[dict[str, Any]] = []
-    for (kind, text), (new_b, true_b), (new_a, true_a) in zip(prompts, before, after):
+    for (kind, text), (new_b, true_b), (new_a, true_a) in zip(prompts, before, after, strict=True):
         wants_new = kind != "neighborhood"
         rows.append(
             {
@@ -672,7 +672,7 @@ def _memit_requests(params: MemitParams, dataset) -> list:
             raise ValueError("subject_type 'true' needs annotated subjects: only dataset 'facts' has them")
         facts = data._split_facts(params.split)[0][: len(train)]
         return [MemitRequest(f.prompt, f.subject, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
-                for f, ex in zip(facts, train)]
+                for f, ex in zip(facts, train, strict=True)]
     return [MemitRequest("{}", ex.prefix, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
             for ex in train]
 

@@ -77,7 +77,7 @@ def build_text_set(
         pairs = itertools.islice(pairs, max(10_000, 50 * (n_train + n_test)))
     for texts, labels in _chunks(pairs, chunk):
         seen += len(texts)
-        for text, label, count in zip(texts, labels, count_tokens(texts)):
+        for text, label, count in zip(texts, labels, count_tokens(texts), strict=True):
             if count < max_tokens and len(kept[label]) < quota[label]:
                 kept[label].append((text, count))
         if all(len(kept[c]) >= quota[c] for c in (1, -1)):

@@ -152,7 +152,7 @@ def next_token_probs(model: Any, ids: Sequence[int]) -> torch.Tensor:
 def top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """(id, probability) of the k most probable tokens, best first."""
     values, ids = probs.topk(min(k, probs.shape[-1]))
-    return [(int(i), float(v)) for i, v in zip(ids, values)]
+    return [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
 
 
 def rank_of(probs: torch.Tensor, token: int) -> torch.Tensor:

@@ -62,7 +62,7 @@ def plot_update_norms(df: pd.DataFrame, path: str | Path, value: str = "update_n
     runs = list(dict.fromkeys(layers["run_id"])) if "run_id" in layers.columns else [None]
     runs = runs[:max_runs]
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs) + 0.5), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs):
+    for ax, run in zip(axes[:, 0], runs, strict=True):
         part = layers if run is None else layers[layers["run_id"] == run]
         grid = part.pivot_table(index="row", columns="step", values=value, aggfunc="mean")
         order = sorted([r for r in grid.index if r != "other"], key=lambda r: int(r[1:])) + (

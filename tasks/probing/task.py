@@ -121,7 +121,7 @@ def answer_table(model, tokenizer, questions: list[str], edit, touched: list[int
     with compute.edited_embeddings(model, edit, keep_output=keep_output):
         after = [compute.next_token_probs(model, ids) for ids in encoded]
     rows = []
-    for qi, (question, ids, p0, p1) in enumerate(zip(questions, encoded, before, after)):
+    for qi, (question, ids, p0, p1) in enumerate(zip(questions, encoded, before, after, strict=True)):
         for condition, probs in (("before", p0), ("after", p1)):
             for rank, (tok, p) in enumerate(compute.top_k(probs, top_k)):
                 rows.append({**extra, "level": "topk", "question_index": qi, "question": question,
@@ -282,7 +282,7 @@ def saliency(params: SaliencyParams, ctx: RunContext) -> list[dict]:
                     for baseline in (params.baselines if method == "integrated_gradients" else [None]):
                         scores = compute.token_saliency(model, tokenizer, ids, target, method, baseline,
                                                         n_steps=params.n_steps, seed=ctx.seed)
-                        for pos, (piece, score) in enumerate(zip(pieces, scores.tolist())):
+                        for pos, (piece, score) in enumerate(zip(pieces, scores.tolist(), strict=True)):
                             rows.append({"question_index": qi, "question": question, "target": tokenizer.decode([target]),
                                          "p_target": p_target, "condition": condition, "method": method,
                                          "baseline": baseline, "position": pos, "token": piece, "score": score})

@@ -112,7 +112,7 @@ def _bucketed_last_logits(model: Any, ids: torch.Tensor, last: torch.Tensor, ove
     order = torch.argsort(lengths)
     sorted_len = lengths[order]
     values, n_rows = torch.unique_consecutive(sorted_len, return_counts=True)
-    counts = tuple(zip(values.tolist(), n_rows.tolist()))
+    counts = tuple(zip(values.tolist(), n_rows.tolist(), strict=True))
     ends = _plan_buckets(counts, overhead)
     if len(ends) == 1:
         return last_logits(model, last, input_ids=ids[:, : int(lengths.max())])

@@ -23,7 +23,7 @@ def test_one_finite_score_per_token(method, arch, tiny_lm, tiny_llama):
     out = attribute(method, model, tok, prefixes, [5, 77], sampler=UniformSampler(tok),
                     reagent_config=ReagentConfig(max_steps=20, num_probes=3, keep_top_n=2),
                     generator=torch.Generator().manual_seed(0))
-    for a, ids in zip(out, prefixes):
+    for a, ids in zip(out, prefixes, strict=True):
         assert a.scores.shape == (len(ids),)
         assert torch.isfinite(a.scores).all()
         assert (a.scores >= 0).all()
@@ -78,7 +78,7 @@ def test_integrated_gradients_matches_gauss_legendre(tiny_lm):
     e, b = _embeds(model, IDS), _baseline(model, tok)
     nodes, weights = np.polynomial.legendre.leggauss(50)
     total = torch.zeros_like(e)
-    for a, w in zip((nodes + 1) / 2, weights / 2):
+    for a, w in zip((nodes + 1) / 2, weights / 2, strict=True):
         total += float(w) * _grad(model, b + float(a) * (e - b), 5)
     expected = _per_token((e - b) * total)
     got = gradients.integrated_gradients(model, torch.tensor(IDS), 5, tokenizer=tok)

@@ -55,7 +55,7 @@ def test_batched_targets_match_shapes_and_are_seeded(tiny_lm):
     cfg = ReagentConfig(max_steps=30, num_probes=3, keep_top_n=2)
     a = reagent(model, prefixes, [5, 6, 7], UniformSampler(tok), cfg, torch.Generator().manual_seed(1))
     b = reagent(model, prefixes, [5, 6, 7], UniformSampler(tok), cfg, torch.Generator().manual_seed(1))
-    for ra, rb, p in zip(a, b, prefixes):
+    for ra, rb, p in zip(a, b, prefixes, strict=True):
         assert ra.scores.shape == (len(p),) and ra.probe_scores.shape == (3, len(p))
         torch.testing.assert_close(ra.scores, rb.scores)
 

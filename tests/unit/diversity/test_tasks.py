@@ -82,7 +82,7 @@ def test_next_token_task_batching_and_padding(tiny_pair):
     one, _ = call(next_token, NextTokenParams(model=model, max_docs=6, batch_size=1, max_length=24), load_lm)
     many, ctx = call(next_token, NextTokenParams(model=model, max_docs=6, batch_size=5, max_length=24), load_lm)
     assert [r["level"] for r in many] == ["document"] * 6 + ["model"]
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         for key in ("perplexity", "entropy", "confidence", "top1_accuracy"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
     pbar = np.load(ctx.artifact_dir / "mean_probs.npy")

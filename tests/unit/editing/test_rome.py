@@ -162,7 +162,7 @@ def test_rome_edit_leaves_every_other_subject_alone(planted_edit, planted):
     before = own_answers()
     with rome.applied_update(model, update):
         after = own_answers()
-    changes = [abs(a[0] - b[0]) for a, b in zip(after, before)]
+    changes = [abs(a[0] - b[0]) for a, b in zip(after, before, strict=True)]
     assert sum(changes) / len(changes) < 0.01  # measured ~0.001
     assert all(kept for _, kept in after)
 

@@ -14,8 +14,8 @@ def words(texts):
 def test_balanced_splits_and_length_filter():
     ts = build_text_set("synthetic", 11, 6, words, max_tokens=20, seed=1)
     assert len(ts) == 17 and ts.splits.count("train") == 11
-    train = [y for y, s in zip(ts.labels, ts.splits) if s == "train"]
-    test = [y for y, s in zip(ts.labels, ts.splits) if s == "test"]
+    train = [y for y, s in zip(ts.labels, ts.splits, strict=True) if s == "train"]
+    test = [y for y, s in zip(ts.labels, ts.splits, strict=True) if s == "test"]
     assert (train.count(1), train.count(-1)) == (6, 5)  # odd size: one more positive
     assert (test.count(1), test.count(-1)) == (3, 3)
     assert all(k < 20 for k in words(ts.texts)) and ts.token_counts == words(ts.texts)

@@ -67,7 +67,7 @@ def test_noise_lowers_original_answer_monotonically_on_average(planted_lm):
     assert (clean.rank_original == 0).all()
     assert ((clean.p_original - clean.p_clean).abs() < 1e-5).all()  # batched vs single forward: rounding
     assert set(rows.subject) == {"cat", "dog", "bird", "fish"}  # one subject per question, noised alone
-    print("mean p(original answer) by noise scale:", dict(zip(scales, values.round(4))))
+    print("mean p(original answer) by noise scale:", dict(zip(scales, values.round(4), strict=True)))
 
 
 def test_saliency_methods_baselines_and_swap(planted_lm):
