@@ -124,8 +124,9 @@ def _sampler(setup: dict[str, Any], params: AttributionParams, device: str) -> t
 
 
 def _score(
-    setup: dict[str, Any], params: AttributionParams, ctx: RunContext, items: list[tuple[dict[str, Any], list[int], int]],
-    method: str, normalization: str, extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
+    setup: dict[str, Any], params: AttributionParams, ctx: RunContext,
+    items: list[tuple[dict[str, Any], list[int], int]], method: str, normalization: str,
+    extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Attribute and score each (row fields, prefix ids, target id); one row each."""
     import torch
@@ -245,12 +246,14 @@ def sequence(params: SequenceParams, ctx: RunContext) -> list[dict[str, Any]]:
                                ids.shape[1], params.max_new_tokens, limit)
             continue
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)[0].tolist()
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=params.max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)[0].tolist()
         generated_text = tokenizer.decode(out)
         for pos in range(ids.shape[1], len(out), params.stride):
             fields = {"prompt_id": prompt_id, "example_text": prompt, "generated_text": generated_text,
-                      "target_index": pos - ids.shape[1], "target_pos": pos, "target_token": tokenizer.decode([out[pos]])}
+                      "target_index": pos - ids.shape[1], "target_pos": pos,
+                      "target_token": tokenizer.decode([out[pos]])}
             items.append((fields, out[:pos], out[pos]))
     method, normalization = params.method, params.normalization
     if params.original_sequence_attention and method == "attention":

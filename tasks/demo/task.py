@@ -130,7 +130,8 @@ class LookupParams(TaskParams):
 def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     """A stand-in for an expensive model load: sleeps, then returns a table keyed by the model name."""
     time.sleep(params.load_seconds)
-    return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(), "weights": [ord(c) for c in params.model]}
+    return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(),
+            "weights": [ord(c) for c in params.model]}
 
 
 @task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",),

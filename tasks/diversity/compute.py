@@ -484,7 +484,8 @@ def ncd(x: str, y: str) -> float:
 
 
 def average_pairwise_ncd(texts: Sequence[str]) -> float:
-    """Mean over i of the mean NCD(text_i, text_j), j != i (both orders: NCD is not symmetric). Higher = more diverse."""
+    """Mean over i of the mean NCD(text_i, text_j), j != i (both orders: NCD is not symmetric).
+    Higher = more diverse."""
     per_text = [np.mean([ncd(x, y) for j, y in enumerate(texts) if j != i]) for i, x in enumerate(texts)]
     return float(np.mean(per_text))
 

@@ -122,7 +122,8 @@ def compute_memit(
     zs = []
     for req in requests:
         target = req.target if req.target.startswith(" ") else " " + req.target
-        alt = None if req.target_alt is None else (req.target_alt if req.target_alt.startswith(" ") else " " + req.target_alt)
+        alt = None if req.target_alt is None else (
+            req.target_alt if req.target_alt.startswith(" ") else " " + req.target_alt)
         z, _, loss, _ = rome.compute_v(model, tokenizer, rh, req.prompt, req.subject, target, templates, device,
                                        module=block, loss_type=hp.loss_type, target_alt=alt,
                                        fork_anti_prompts=hp.fork_anti_prompts, fork_length_norm=hp.fork_length_norm,

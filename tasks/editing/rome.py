@@ -334,12 +334,14 @@ def compute_rome_update(
 def inverse_second_moment(cov: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """C^-1 (float64), optionally of C + ridge * tr(C)/D * I; a clear error when C is singular."""
     if ridge > 0:
-        cov = cov + ridge * torch.trace(cov) / cov.shape[0] * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        cov = cov + ridge * torch.trace(cov) / cov.shape[0] * torch.eye(cov.shape[0], dtype=cov.dtype,
+                                                                        device=cov.device)
     try:
         return torch.linalg.inv(cov)
     except RuntimeError as exc:  # torch raises on an exactly singular matrix
         raise ValueError(
-            f"the key second moment ({cov.shape[0]}x{cov.shape[0]}) is singular: use more general text or set cov_ridge > 0"
+            f"the key second moment ({cov.shape[0]}x{cov.shape[0]}) is singular: use more general text "
+            "or set cov_ridge > 0"
         ) from exc
 
 

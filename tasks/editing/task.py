@@ -140,7 +140,8 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
         from tasks.editing import senses
 
         if not hasattr(base, "sense_vectors"):
-            raise ValueError(f"method senses needs a Backpack model (e.g. tiny-backpack, stanfordnlp/backpack-gpt2), got model={params.model!r}")
+            raise ValueError("method senses needs a Backpack model (e.g. tiny-backpack, stanfordnlp/backpack-gpt2), "
+                             f"got model={params.model!r}")
         background = senses.background_scores(base, compute.encode_texts(tokenizer, kl_texts, max_length), device)
         pairs = senses.select_senses(
             base, tokenizer, dataset.train[: params.max_train], dataset.loss_type, background,
@@ -279,7 +280,8 @@ class RomeParams(TaskParams):
         if self.prompt is not None and "{}" not in self.prompt:
             raise ValueError(f"prompt must contain '{{}}' for the subject, got prompt={self.prompt!r}")
         if self.context_templates is not None and (
-            not self.context_templates or self.context_templates[0] != "{}" or any("{}" not in t for t in self.context_templates)
+            not self.context_templates or self.context_templates[0] != "{}"
+            or any("{}" not in t for t in self.context_templates)
         ):
             raise ValueError('context_templates must start with "{}" (the bare prompt) and each contain "{}"')
         return self
@@ -292,7 +294,8 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
 
     Probabilities of the new and true object before/after on the rewrite, paraphrase and neighborhood
     prompts (CounterFact-style, P = exp(-mean token NLL)), plus an aggregate row (efficacy, paraphrase
-    and neighborhood scores, general-text loss change). The edit is undone before returning. Maths and simplifications: rome.py.
+    and neighborhood scores, general-text loss change). The edit is undone before returning. Maths and
+    simplifications: rome.py.
     """
     from tasks.editing import _arch, compute, data, rome
 
@@ -315,7 +318,8 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
     if params.mom2_adjustment:
         cov_inv = _cached(
             model, ("cov_inv", layer, params.cov_text, params.cov_docs, params.cov_ridge, max_length),
-            lambda: rome.inverse_second_moment(rome.second_moment(model, layer, general_chunks, device), params.cov_ridge),
+            lambda: rome.inverse_second_moment(rome.second_moment(model, layer, general_chunks, device),
+                                               params.cov_ridge),
         )
     hp = rome.RomeHparams(
         layer=layer, v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
@@ -426,7 +430,8 @@ def _rome_aggregate(rows, update, update_norm, general_before, general_after, re
         "neighborhood_score": score("neighborhood", "prompt_success"),
         "neighborhood_score_before": score("neighborhood", "prompt_success_before"),
         "neighborhood_abs_change": (
-            sum(abs(r["p_true_after"] - r["p_true_before"]) for r in neighbours) / len(neighbours) if neighbours else None
+            sum(abs(r["p_true_after"] - r["p_true_before"]) for r in neighbours) / len(neighbours)
+            if neighbours else None
         ),
         "general_loss_before": general_before,
         "general_loss": general_after,
@@ -632,7 +637,8 @@ class MemitParams(TaskParams):
     dataset: str = "facts"
     split: Literal["val", "test"] = "val"
     subject_type: Literal["prefix", "true"] = "prefix"  # prefix: the whole prefix is the subject ("standard")
-    layers: list[int] | None = None  # default: the first ceil(L/3) layers (backpack 0..4, pythia-410m 3..7 in the paper)
+    # default: the first ceil(L/3) layers (backpack 0..4, pythia-410m 3..7 in the paper)
+    layers: list[int] | None = None
     v_num_grad_steps: int = Field(20, ge=1)
     v_lr: float = Field(0.5, gt=0)
     v_weight_decay: float = Field(0.5, ge=0)
@@ -701,7 +707,8 @@ def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
                                       params.max_eval, params.max_hard_negative, params.eval_batch_size)
     cov_chunks = compute.encode_texts(tokenizer, texts[: params.cov_docs], max_length)
     covs = {layer: _cached(model, ("cov", layer, params.general_text, params.cov_docs, max_length),
-                           lambda layer=layer: rome.second_moment(model, layer, cov_chunks, device)) for layer in layers}
+                           lambda layer=layer: rome.second_moment(model, layer, cov_chunks, device))
+            for layer in layers}
     templates = params.context_templates or _cached(
         model, ("templates", tuple(map(tuple, params.template_lengths)), ctx.seed),
         lambda: rome.sample_context_templates(model, tokenizer, params.template_lengths, ctx.seed, device),

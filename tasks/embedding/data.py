@@ -122,7 +122,9 @@ def _chunks(pairs: Iterable[tuple[str, int]], size: int) -> Iterator[tuple[list[
         yield texts, labels
 
 
-def iter_source(source: str, seed: int = 0, text_field: str = "text", label_field: str = "label") -> Iterator[tuple[str, int]]:
+def iter_source(
+    source: str, seed: int = 0, text_field: str = "text", label_field: str = "label"
+) -> Iterator[tuple[str, int]]:
     """(text, +1/-1) pairs of a source, in its order."""
     if source == "synthetic":
         return synthetic_reviews(seed)

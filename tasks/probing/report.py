@@ -27,8 +27,9 @@ def _level(df: pd.DataFrame, level: str) -> pd.DataFrame:
 
 
 def swap_table(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("run_id", "model", "mode", "output", "variant_set", "question", "touched_in_input", "answer_before",
-                        "p_before", "answer_after", "p_after", "p_original_answer_after", "changed") if c in df.columns]
+    cols = [c for c in ("run_id", "model", "mode", "output", "variant_set", "question", "touched_in_input",
+                        "answer_before", "p_before", "answer_after", "p_after", "p_original_answer_after", "changed")
+            if c in df.columns]
     return _level(df, "answer")[cols].reset_index(drop=True)
 
 

@@ -3,7 +3,8 @@ injection. Adapters only; the maths is in `tasks.probing.compute`.
 
 The setup model is shared across runs and never left edited: embedding swaps / noise edit the input
 embedding matrix in place inside `compute.edited_embeddings`, which restores the saved tensor in
-`finally` (with tied embeddings the output layer gets an unedited copy meanwhile, unless output="tied"); subject noise only adds a forward hook (removed in `finally`); fact injection trains a deep
+`finally` (with tied embeddings the output layer gets an unedited copy meanwhile, unless output="tied");
+subject noise only adds a forward hook (removed in `finally`); fact injection trains a deep
 copy made by the editing family's `finetune.prepare_model`.
 Models load through the editing family (`tasks.editing.models.load_model`): its built-in
 `tiny-gpt2-facts` / `tiny-gpt2-corpus`, the common tiny models, local dirs and `.gguf` files.
@@ -147,7 +148,8 @@ def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
     """Swap (or noise) the input embeddings of two words in each tokenisation variant; top-k answers per
     question before and after (seeds.md D.8 "Embedding swap"). Variants whose form is not one token are
     reported (level "variant", ok False) and left untouched. With tied embeddings, output="keep" (default)
-    leaves the output layer unedited; output="tied" swaps the shared rows, so outputs swap too. Noise std = noise_scale x std(embedding matrix), seed ctx.seed.
+    leaves the output layer unedited; output="tied" swaps the shared rows, so outputs swap too. Noise
+    std = noise_scale x std(embedding matrix), seed ctx.seed.
     """
     from tasks.probing import compute
 
@@ -175,7 +177,8 @@ def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
 class SubjectNoiseParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     questions: list[str] = Field(default_factory=lambda: list(DEFAULT_QUESTIONS))
-    subjects: list[str] = Field(default_factory=lambda: ["cat", "dog", "mouse", "lion"])  # each noised alone where it occurs in a question
+    # each noised alone where it occurs in a question
+    subjects: list[str] = Field(default_factory=lambda: ["cat", "dog", "mouse", "lion"])
     noise_scales: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])  # x std(embedding matrix)
     samples: int = Field(10, ge=1)
     noise_unit: Literal["embedding_std", "absolute"] = "embedding_std"
@@ -283,9 +286,10 @@ def saliency(params: SaliencyParams, ctx: RunContext) -> list[dict]:
                         scores = compute.token_saliency(model, tokenizer, ids, target, method, baseline,
                                                         n_steps=params.n_steps, seed=ctx.seed)
                         for pos, (piece, score) in enumerate(zip(pieces, scores.tolist(), strict=True)):
-                            rows.append({"question_index": qi, "question": question, "target": tokenizer.decode([target]),
-                                         "p_target": p_target, "condition": condition, "method": method,
-                                         "baseline": baseline, "position": pos, "token": piece, "score": score})
+                            rows.append({"question_index": qi, "question": question,
+                                         "target": tokenizer.decode([target]), "p_target": p_target,
+                                         "condition": condition, "method": method, "baseline": baseline,
+                                         "position": pos, "token": piece, "score": score})
     return _uniform(rows)
 
 

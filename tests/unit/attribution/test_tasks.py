@@ -19,7 +19,8 @@ ROW_COLUMNS = {"example_text", "target_token", "method", "soft_ns", "soft_nc", "
 
 def test_parse_analogies_pairs():
     # invariant: each question gives two pairs; duplicates dropped, first-seen order kept
-    lines = [": capital-world", "Athens Greece Baghdad Iraq", "Athens Greece Cairo Egypt", ": family", "boy girl king queen"]
+    lines = [": capital-world", "Athens Greece Baghdad Iraq", "Athens Greece Cairo Egypt", ": family",
+             "boy girl king queen"]
     parsed = data.parse_analogies(lines)
     assert parsed == {"capital-world": [("Athens", "Greece"), ("Baghdad", "Iraq"), ("Cairo", "Egypt")],
                       "family": [("boy", "girl"), ("king", "queen")]}
@@ -180,8 +181,8 @@ def test_planted_task_finds_the_answer(monkeypatch, copy_lm, tmp_path):
     # random on Soft-NS, while softmaxed attention does not find it as often
     from tasks.attribution import task as task_module
 
-    monkeypatch.setattr(task_module, "load", lambda params, ctx: {"model": copy_lm.model, "tokenizer": copy_lm.tokenizer,
-                                                                   "samplers": {}})
+    monkeypatch.setattr(task_module, "load",
+                        lambda params, ctx: {"model": copy_lm.model, "tokenizer": copy_lm.tokenizer, "samplers": {}})
     td = get_task("attribution.planted")
     out = {}
     for method in ("reagent", "attention"):

@@ -338,10 +338,13 @@ def world_data(world, tmp_path_factory):
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records))
 
     for split in ("val", "test"):
-        write(f"country_capital_fixed-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.train] * 10)
-        write(f"country_capital_clear_eval-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.eval])
+        write(f"country_capital_fixed-{split}.jsonl",
+              [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.train] * 10)
+        write(f"country_capital_clear_eval-{split}.jsonl",
+              [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.eval])
         write(f"country_capital_unconditional-{split}.jsonl", [{"text": t} for t in data.targeted])
-        write(f"country_capital_hard_neg-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.hard_negative])
+        write(f"country_capital_hard_neg-{split}.jsonl",
+              [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.hard_negative])
     general_path = root / "general.jsonl"
     general_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in general * 2))
     return root, general_path

@@ -19,7 +19,8 @@ def test_rank_one_update_maps_the_key_to_v_star():
     g = torch.Generator().manual_seed(0)
     D, d = 12, 5
     W = torch.randn(D, d, generator=g, dtype=torch.float64)  # (in, out) layout
-    C = (lambda A: A @ A.T + 0.1 * torch.eye(D, dtype=torch.float64))(torch.randn(D, D, generator=g, dtype=torch.float64))
+    C = (lambda A: A @ A.T + 0.1 * torch.eye(D, dtype=torch.float64))(
+        torch.randn(D, D, generator=g, dtype=torch.float64))
     k_bar, k_b, v_star = (torch.randn(n, generator=g, dtype=torch.float64) for n in (D, D, d))
     u = torch.linalg.solve(C, k_bar)
     u = u / u.norm()

@@ -173,7 +173,8 @@ def test_rows_never_reuse_parameter_or_orchestrator_names(planted_lm):
         (t.SubjectNoiseParams(model="planted", questions=["The cat is"], subjects=["cat"], samples=2), t.subject_noise),
         (t.SaliencyParams(model="planted", questions=["The cat is"], n_steps=4,
                           swap=t.SwapSpec(token_a="cat", token_b="dog")), t.saliency),
-        (t.FactInjectionParams(model="planted", question="The mouse is", answer="yellow", max_steps=2), t.fact_injection),
+        (t.FactInjectionParams(model="planted", question="The mouse is", answer="yellow", max_steps=2),
+         t.fact_injection),
     ]
     for params, fn in runs:
         rows = fn(params, _ctx(planted_lm))

@@ -112,7 +112,8 @@ def test_ratio_at_fixed_delta_permutation():
         phi = fmap.features(Xs[None, None])[0, 0]
         Xd = Xs.clone()
         Xd[0] += delta
-        return float(torch.linalg.vector_norm(fmap.features(Xd[None, None])[0, 0] - phi) / torch.linalg.vector_norm(phi))
+        return float(torch.linalg.vector_norm(fmap.features(Xd[None, None])[0, 0] - phi)
+                     / torch.linalg.vector_norm(phi))
 
     raf, rf = C.make_map("raf", n, d, [14]), C.make_map("rf", n, d, [14])
     assert ratio(raf, X) == pytest.approx(ratio(raf, X[perm]), rel=1e-12)

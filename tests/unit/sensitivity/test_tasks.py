@@ -87,4 +87,5 @@ def test_upstream_errors(upstream):
     with pytest.raises(LookupError, match="layer0.safetensors"):
         word_sensitivity(WordSensitivityParams(dataset="upstream", layer=0), local_context(upstream=upstream))
     with pytest.raises(ValueError, match="width 16"):
-        word_sensitivity(WordSensitivityParams(dataset="upstream", layer=3, d=32, n=4), local_context(upstream=upstream))
+        word_sensitivity(WordSensitivityParams(dataset="upstream", layer=3, d=32, n=4),
+                         local_context(upstream=upstream))
