@@ -126,7 +126,7 @@ def average_trace(df: pd.DataFrame) -> pd.DataFrame:
         start, end = int(meta["subject_start"]), int(meta["subject_end"])
         n_tokens = int(meta["n_tokens"])
         for (bucket, layer), cell in part.groupby(
-            [part["token_index"].map(lambda t: _bucket(int(t), start, end, n_tokens)), "layer"]
+            [part["token_index"].map(lambda t, s=start, e=end, n=n_tokens: _bucket(int(t), s, e, n)), "layer"]
         ):
             rows.append({"fact_index": fact, "site": site, "bucket": bucket, "layer": int(layer),
                          "indirect_effect": cell["indirect_effect"].mean()})

@@ -126,7 +126,7 @@ def second_moment(model, layer: int, chunks: Sequence[Sequence[int]], device, ba
     for start in range(0, len(chunks), batch_size):
         ids, mask = _pad_right(chunks[start : start + batch_size], device)
         store = {}
-        with _hook(proj, lambda m, args, out: store.update(k=args[0].detach())):
+        with _hook(proj, lambda m, args, out, store=store: store.update(k=args[0].detach())):
             model(input_ids=ids, attention_mask=mask)
         keys = store["k"][mask.bool()].double()  # (tokens, D)
         total = keys.T @ keys if total is None else total + keys.T @ keys

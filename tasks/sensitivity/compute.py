@@ -294,8 +294,8 @@ def sensitivity(fmap: FeatureMap, X: torch.Tensor, noise_seeds: list[int], *, lr
         noise = torch.stack([gaussian((d,), child_seed(s, 3, i), X.device) for s in noise_seeds])  # (R, d)
         start = X[:, i] + init_noise * noise
         centre = X[:, i] if ball_center == "x0" else start
-        z = projected_descent(lambda z: -torch.sqrt(torch.mean((f(z) - phi) ** 2, dim=-1)), start, centre,
-                              math.sqrt(d), lr, steps)
+        z = projected_descent(lambda z, f=f, phi=phi: -torch.sqrt(torch.mean((f(z) - phi) ** 2, dim=-1)), start,
+                              centre, math.sqrt(d), lr, steps)
         with torch.no_grad():
             S = torch.linalg.vector_norm(f(z) - phi, dim=-1) / norm
             moved = torch.linalg.vector_norm(z - X[:, i], dim=-1) / math.sqrt(d)
