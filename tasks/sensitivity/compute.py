@@ -392,7 +392,7 @@ def generalisation(fmap: FeatureMap, Xs: torch.Tensor, Y: torch.Tensor, x: torch
     """
     if fmap.R != 1:
         raise ValueError(f"generalisation takes a map with one draw of weights, got R={fmap.R}")
-    n, d = x.shape
+    _n, d = x.shape
     feats = fmap.features(torch.cat([x[None], Xs])[None])[0]  # (N + 1, k): one pass over the weights
     phi, Phi = feats[0], feats[1:]
     rows = RowSpace.of(Phi)

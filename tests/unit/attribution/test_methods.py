@@ -52,7 +52,7 @@ def _per_token(attr):  # inseq aggregation: L2 over hidden, then divide by the s
 
 def test_norm_matches_autograd(tiny_lm):
     # invariant: norm = softmax over positions of ||d log p(y) / d E_i||
-    model, tok = tiny_lm
+    model, _tok = tiny_lm
     e = _embeds(model, IDS)
     expected = _grad(model, e, 5, log=True)[0].norm(dim=-1).double().softmax(-1).float()
     got = gradients.norm(model, torch.tensor(IDS), 5)

@@ -112,7 +112,7 @@ def test_tag_map_from_file_and_cache(tiny_lm, tmp_path):
     assert used == "coarse" and sorted(i for ids in coarse.values() for i in ids) == list(range(len(tok)))
     again, _ = load_tag_map(tok, tagger="coarse")
     assert again == coarse
-    sampler, label = make_sampler("pos", None, tok, pos_tagger="auto")
+    _sampler, label = make_sampler("pos", None, tok, pos_tagger="auto")
     assert label in ("pos:coarse", "pos:nltk")
 
 

@@ -172,7 +172,7 @@ def test_mean_probs_flush_every_drops_trailing_documents():
     _, full, pbar_full = compute.next_token_statistics(model, docs, 5, 0, 8)
     options = compute.NextTokenOptions(mean_probs_flush_every=2)
     _, flushed, pbar_flushed = compute.next_token_statistics(model, docs, 5, 0, 8, options=options)
-    _, first3, pbar_first3 = compute.next_token_statistics(model, docs[:3], 5, 0, 8)
+    _, _first3, pbar_first3 = compute.next_token_statistics(model, docs[:3], 5, 0, 8)
     assert full["mean_probs_windows"] == 4 and flushed["mean_probs_windows"] == 3
     np.testing.assert_allclose(pbar_flushed, pbar_first3)
     assert not np.allclose(pbar_flushed, pbar_full)

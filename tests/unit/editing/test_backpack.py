@@ -102,7 +102,7 @@ def test_logits_equal_independent_recomputation(world):
 def test_save_and_load_roundtrip(world, tmp_path):
     model, tokenizer, *_ = world
     save_backpack(model, tmp_path, tokenizer)
-    loaded, tok = load_backpack(str(tmp_path))
+    loaded, _tok = load_backpack(str(tmp_path))
     ids = torch.tensor([tokenizer("n1 lives in")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -255,7 +255,7 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
     from tasks.editing.ensemble import EnsembleLM, search_beta
 
     _, tokenizer, general, _ = world
-    trained, _, _, _, _, data, sets = sense_edit
+    trained, _, _, _, _, _data, sets = sense_edit
     chunks = compute.encode_texts(tokenizer, general, 64)
     large_alone = evaluation.evaluate(large_lm, tokenizer, sets, "cpu")
     results = {}
