@@ -63,7 +63,7 @@ def test_source_errors(tmp_path):
         list(iter_source(str(tmp_path / "missing.jsonl")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": "maybe"}\n')
-    with pytest.raises(ValueError, match="label='maybe'|label=.maybe."):
+    with pytest.raises(ValueError, match=r"label='maybe'|label=.maybe."):
         list(iter_source(str(bad)))
     with pytest.raises(ValueError, match="need 3 and 3"):
         build_text_set("synthetic", 6, 0, words, max_tokens=2)  # nothing is that short
