@@ -263,7 +263,8 @@ class RomeParams(TaskParams):
     kl_factor: float = Field(0.0625, ge=0)
     clamp_norm_factor: float = Field(4.0, gt=0)
     mom2_adjustment: bool = True
-    template_lengths: list[tuple[int, int]] = [(5, 10), (10, 10)]  # (tokens, count) of sampled prefixes
+    # (tokens, count) of sampled prefixes
+    template_lengths: list[tuple[int, int]] = [(5, 10), (10, 10)]  # noqa: RUF012 - pydantic field
     context_templates: list[str] | None = None  # fixed templates with "{}" instead of sampled ones
     cov_text: str = "builtin"  # builtin | val100 | jsonl path: text for C = E[k k^T]
     cov_docs: int = Field(1000, ge=1)
@@ -459,7 +460,7 @@ class CausalTraceParams(TaskParams):
     facts: list[TraceFact] | None = None  # default: facts_file, else data.BUILTIN_FACTS (true objects)
     facts_file: str | None = None  # ROME's known_1000.json or jsonl of {prompt with "{}", subject, target}
     fact_indices: list[int] | None = None  # which of the facts to trace (default all)
-    sites: list[Literal["hidden", "mlp", "attn"]] = ["hidden", "mlp", "attn"]
+    sites: list[Literal["hidden", "mlp", "attn"]] = ["hidden", "mlp", "attn"]  # noqa: RUF012 - pydantic field
     window: int = Field(10, ge=1)  # layers restored together for mlp / attn (hidden: always 1)
     samples: int = Field(10, ge=1)
     noise_factor: float = Field(3.0, gt=0)  # nu = factor x std of subject embeddings ("s3")
@@ -649,7 +650,7 @@ class MemitParams(TaskParams):
     fork_anti_prompts: bool = False  # verb anti prompts end in the target's leading tokens
     fork_length_norm: bool = False  # balance / verb losses divide both NLLs by one target's length
     fork_negative_stop: float | None = None  # stereoset / verb optimisation stops below this (fork: -50)
-    template_lengths: list[tuple[int, int]] = [(10, 10)]
+    template_lengths: list[tuple[int, int]] = [(10, 10)]  # noqa: RUF012 - pydantic field
     context_templates: list[str] | None = None
     league: float | None = Field(None, gt=0)  # in_league = degradation_general < league
     general_text: str = "builtin"
