@@ -251,7 +251,7 @@ def prepare_analogies(
         preds = _greedy_next(model, full + short, device)
         ok = []
         for i, c in enumerate(candidates):
-            words = [tokenizer.decode(seq + [preds[j]]).split(" ")[-1] for seq, j in
+            words = [tokenizer.decode([*seq, preds[j]]).split(" ")[-1] for seq, j in
                      ((full[i], i), (short[i], len(candidates) + i))]
             ok.append(all(w == c[5] for w in words))
         candidates = [c for c, keep in zip(candidates, ok, strict=True) if keep]
@@ -282,12 +282,12 @@ def read_prepared(path: str | Path, tokenizer: Any = None) -> list[AnalogyExampl
         records = [json.loads(line) for line in f if line.strip()]
     for r in records:
         prefix, target = tuple(int(i) for i in r["input_tokens"]), int(r["target_token"])
-        if tokenizer is not None and max(prefix + (target,)) >= len(tokenizer):
+        if tokenizer is not None and max((*prefix, target)) >= len(tokenizer):
             raise ValueError(f"{path} holds ids of {r.get('model', 'another model')}'s tokenizer, beyond this "
                              f"tokenizer's {len(tokenizer)} ids: load that model")
         target_text = r.get("target_text") or (tokenizer.decode([target]) if tokenizer is not None else str(target))
         text = ("".join(r["input_text"]) + target_text if "input_text" in r
-                else tokenizer.decode(list(prefix) + [target]))
+                else tokenizer.decode([*prefix, target]))
         examples.append(AnalogyExample(
             id=int(r["id"]), category=str(r.get("category", "")), analogy_idx=-1, pair_idx=-1, text=text,
             prefix=prefix, target=target, target_text=target_text, relative_pos=-1,

@@ -54,7 +54,7 @@ def rolling_windows(
         return
     pred_len = max_length - context_len + 1
     first = min(max_length, len(ids))
-    yield [prefix_id] + ids[:first], first
+    yield [prefix_id, *ids[:first]], first
     done = first
     while done < len(ids):
         width = min(len(ids) - done, pred_len)
@@ -511,7 +511,7 @@ def avg_compression_ratio_full(texts: Sequence[str]) -> float:
     diffs = []
     for i, target in enumerate(texts):
         others = list(texts[:i]) + list(texts[i + 1 :])
-        diffs.append(_ratio(" ".join(others)) - _ratio(" ".join(others + [target])))
+        diffs.append(_ratio(" ".join(others)) - _ratio(" ".join([*others, target])))
     return float(np.mean(diffs))
 
 
@@ -528,7 +528,7 @@ def avg_compression_ratio_target(texts: Sequence[str], empty_target: str = "skip
                 return float("nan")
             continue
         others = list(texts[:i]) + list(texts[i + 1 :])
-        diffs.append(_ratio(target) - _ratio(" ".join(others + [target])))
+        diffs.append(_ratio(target) - _ratio(" ".join([*others, target])))
     return float(np.mean(diffs)) if diffs else float("nan")
 
 

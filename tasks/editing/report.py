@@ -298,7 +298,7 @@ def original_gptj_summary(directory: str | Path) -> pd.DataFrame:
     keys = ["task", "method", "league"]
     for frame in (results, initial, ensemble):
         frame["league"] = frame["league"].astype(float)
-    merged = results.merge(initial[keys + ["score"]], on=keys, suffixes=("", "_initial"), validate="one_to_one")
+    merged = results.merge(initial[[*keys, "score"]], on=keys, suffixes=("", "_initial"), validate="one_to_one")
     ft = pd.DataFrame({"task": merged["task"], "method": merged["method"], "league": merged["league"],
                        "success": merged["score"], "success_before": merged["score_initial"]})
     ens = pd.DataFrame({"task": ensemble["task"], "method": "ensemble", "league": ensemble["league"],

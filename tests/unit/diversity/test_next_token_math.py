@@ -138,7 +138,7 @@ def test_stats_positions_all_recounts_the_last_window():
         return torch.softmax(torch.nn.functional.one_hot(torch.tensor(inputs), v).float() * 3,
                              -1).double().mean(0).numpy()
 
-    first, second = [0] + ids[:7], ids[7:15]
+    first, second = [0, *ids[:7]], ids[7:15]
     np.testing.assert_allclose(pbar_pred, (mean_dist(first) + mean_dist(second) + mean_dist(ids[15:19])) / 3, rtol=1e-6)
     np.testing.assert_allclose(pbar_all, (mean_dist(first) + mean_dist(second) + mean_dist(ids[11:19])) / 3, rtol=1e-6)
 
