@@ -297,7 +297,7 @@ class NextTokenAggregator:
             "confidence_token_mean": t["confidence"] / n_stat if n_stat else nan,
             "top1_accuracy": t["n_correct"] / n_pred if n_pred else nan,
             "mean_token_prob": t["prob"] / n_pred if n_pred else nan,
-            "vocab_size": int(len(pbar)) if pbar is not None else 0,
+            "vocab_size": len(pbar) if pbar is not None else 0,
             "mean_probs_windows": float(self.committed_n),
         }
         for tau in self.options.thresholds:

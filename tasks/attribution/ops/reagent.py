@@ -80,7 +80,7 @@ class ReagentResult:
 
 
 def _keep_n(cfg: ReagentConfig, length: int) -> int:
-    return cfg.keep_top_n if cfg.keep_top_n > 0 else int(math.ceil(cfg.keep_ratio * length))
+    return cfg.keep_top_n if cfg.keep_top_n > 0 else math.ceil(cfg.keep_ratio * length)
 
 
 @lru_cache(maxsize=256)
