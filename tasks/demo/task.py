@@ -70,9 +70,10 @@ class FlakyParams(TaskParams):
 def flaky(params: FlakyParams, ctx: RunContext) -> dict[str, Any]:
     """Raises for chosen inputs (every k-th, or while a marker file exists): failure handling tests."""
     divisor = params.fail_if_divisible_by
-    if divisor and params.i % divisor == 0:
-        if params.fail_while_file_exists is None or os.path.exists(params.fail_while_file_exists):
-            raise ValueError(f"planted failure for i={params.i}")
+    if divisor and params.i % divisor == 0 and (
+        params.fail_while_file_exists is None or os.path.exists(params.fail_while_file_exists)
+    ):
+        raise ValueError(f"planted failure for i={params.i}")
     return {"value": params.i * 10}
 
 
