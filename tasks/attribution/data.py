@@ -256,7 +256,7 @@ def prepare_analogies(
             ok.append(all(w == c[5] for w in words))
         candidates = [c for c, keep in zip(candidates, ok, strict=True) if keep]
 
-    examples = []
+    examples: list[AnalogyExample] = []
     for category, analogy_idx, pair_idx, sentence, ids, target_word, relative_word, ds, de in candidates:
         pos = len(ids) - 1
         if target_position == "first_occurrence":

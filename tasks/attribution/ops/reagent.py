@@ -128,6 +128,7 @@ def _bucketed_last_logits(model: Any, ids: torch.Tensor, last: torch.Tensor, ove
             out = logits.new_empty((len(ids), logits.shape[-1]))
         out[rows] = logits
         start = stop
+    assert out is not None, "no rows"  # ends is never empty for rows
     return out
 
 
