@@ -108,7 +108,8 @@ def plot_diversity(
                 mean, se = line[metric].to_numpy(float), line[f"{metric}_se"].to_numpy(float)
                 ax.plot(line["temperature"], mean, marker="o", label=str(model), color=colours[model])
                 ax.fill_between(line["temperature"], mean - 2 * se, mean + 2 * se, alpha=0.2, color=colours[model])
-            arrow = {True: " (higher = more diverse)", False: " (higher = less diverse)"}.get(DIRECTION.get(metric), "")
+            arrows: dict[bool | None, str] = {True: " (higher = more diverse)", False: " (higher = less diverse)"}
+            arrow = arrows.get(DIRECTION.get(metric), "")
             ax.set_title(f"{prompt_set or ''} {metric}{arrow}".strip(), fontsize=9)
             if row == len(metrics) - 1:
                 ax.set_xlabel("temperature")
