@@ -21,6 +21,8 @@ from orchestrator.context import RunContext
 from orchestrator.registry import TaskParams, task
 
 Variant = Literal["space_lower", "bare_lower", "space_cap", "bare_cap", "space_upper", "bare_upper"]
+SaliencyMethod = Literal["gradient_x_input", "integrated_gradients", "norm", "input_x_gradient", "gradient_shap"]
+Baseline = Literal["bos", "eos", "zero", "unk"]
 
 DEFAULT_QUESTIONS = [
     "The cat is afraid of the",
@@ -54,6 +56,10 @@ def _generator(seed: int):
     return torch_generator(seed, "cpu")
 
 
+def _variants(*names: Variant) -> list[Variant]:
+    return list(names)
+
+
 # --------------------------------------------------------------------------------------------------
 # probing.embedding_swap
 
@@ -64,14 +70,14 @@ class SwapSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     token_a: str = "cat"
     token_b: str = "dog"
-    variants: list[Variant] = Field(default_factory=lambda: ["space_lower"])
+    variants: list[Variant] = Field(default_factory=lambda: _variants("space_lower"))
 
 
 class EmbeddingSwapParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     token_a: str = "cat"
     token_b: str | None = "dog"  # None: noise on token_a only (mode noise)
-    variants: list[Variant] = Field(default_factory=lambda: ["space_lower"])
+    variants: list[Variant] = Field(default_factory=lambda: _variants("space_lower"))
     mode: Literal["swap", "noise", "swap_noise"] = "swap"
     noise_scale: float = Field(1.0, ge=0)  # in units of the embedding matrix's std (modes noise, swap_noise)
     questions: list[str] = Field(default_factory=lambda: list(DEFAULT_QUESTIONS))
@@ -237,15 +243,23 @@ def subject_noise(params: SubjectNoiseParams, ctx: RunContext) -> list[dict]:
 # probing.saliency
 
 
+def _methods(*names: SaliencyMethod) -> list[SaliencyMethod]:
+    return list(names)
+
+
+def _baselines(*names: Baseline) -> list[Baseline]:
+    return list(names)
+
+
 class SaliencyParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     questions: list[str] = Field(default_factory=lambda: DEFAULT_QUESTIONS[:3])
     # per question, the answer text whose FIRST token is the target (give the leading space: " Paris");
     # None: the model's greedy next token
     answers: list[str] | None = None
-    methods: list[Literal["gradient_x_input", "integrated_gradients", "norm", "input_x_gradient",
-                          "gradient_shap"]] = Field(default_factory=lambda: ["gradient_x_input", "integrated_gradients"])
-    baselines: list[Literal["bos", "eos", "zero", "unk"]] = Field(default_factory=lambda: ["bos", "eos", "zero"])  # integrated_gradients only
+    methods: list[SaliencyMethod] = Field(default_factory=lambda: _methods("gradient_x_input", "integrated_gradients"))
+    # integrated_gradients only
+    baselines: list[Baseline] = Field(default_factory=lambda: _baselines("bos", "eos", "zero"))
     n_steps: int = Field(50, ge=2)
     swap: SwapSpec | None = None  # also attribute with these input embeddings swapped (output layer kept)
 
