@@ -75,7 +75,7 @@ def _bare_ids(tokenizer, request: MemitRequest) -> tuple[list[int], int]:
 @torch.no_grad()
 def block_outputs(model, layer: int, seqs, positions, device) -> torch.Tensor:
     """Residual stream after block `layer` at one position per sequence: (n, d)."""
-    store = {}
+    store: dict[str, torch.Tensor] = {}
     block = _arch.layers(model)[layer]
     ids, mask = rome._pad_right(seqs, device)
     with rome._hook(block, lambda m, a, out: store.update(h=rome._output_tensor(out).detach())):

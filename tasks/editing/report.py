@@ -121,6 +121,7 @@ def average_trace(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (fact, site), part in cells.groupby(["fact_index", "site"]):
         meta = facts.loc[fact] if fact in facts.index else None
+        assert meta is not None, f"no fact row for traced fact {fact}"
         if isinstance(meta, pd.DataFrame):
             meta = meta.iloc[0]
         start, end = int(meta["subject_start"]), int(meta["subject_end"])

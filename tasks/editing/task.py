@@ -239,7 +239,7 @@ def load_offsets(path) -> tuple[list[tuple[int, int]], Any]:
     from safetensors.torch import load_file
 
     state = load_file(str(path))
-    return [tuple(map(int, p)) for p in state["pairs"].tolist()], state["offsets"]
+    return [(int(v), int(sense)) for v, sense in state["pairs"].tolist()], state["offsets"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,6 +372,8 @@ def _rome_request(params: RomeParams, model, tokenizer, device) -> dict[str, Any
         paraphrases = params.paraphrases if params.paraphrases is not None else [fact.paraphrase]
         neighborhood = params.neighborhood if params.neighborhood is not None else list(fact.neighborhood)
     else:
+        # RomeParams' validator: subject, prompt and target_new come together
+        assert params.prompt is not None and params.target_new is not None
         subject, prompt, target_new = params.subject, params.prompt, params.target_new
         target_true = params.target_true or _greedy_token(model, tokenizer, prompt.format(subject), device)
         paraphrases, neighborhood = params.paraphrases or [], params.neighborhood or []
@@ -407,7 +409,7 @@ def _candidate_probs(model, tokenizer, prompts, request, max_length, device) -> 
             with torch.no_grad():
                 n, length = compute.suffix_nll(model, encoded, device)
             pair.append(math.exp(-float(n[0]) / float(length[0])))
-        out.append(tuple(pair))
+        out.append((pair[0], pair[1]))
     return out
 
 
@@ -603,9 +605,7 @@ def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     if key not in _LARGE:
         _LARGE[key] = load(params.large_model, device=str(device))[0]
     large = _LARGE[key]
-    path = params.offsets_path
-    if path is None:
-        path = ctx.upstream_one().artifact_dir / OFFSETS_FILE
+    path = params.offsets_path if params.offsets_path is not None else ctx.upstream_one().artifact_dir / OFFSETS_FILE
     pairs, offsets = load_offsets(path)
     edited = prepare_sense_model(backpack, pairs)
     import torch
