@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def write_spec(text: str) -> Path:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _common import write_spec
+
 from orchestrator import cluster
 from orchestrator.api import run_spec
 from orchestrator.scheduler import SchedulerConfig

@@ -13,8 +13,8 @@ import os
 import tempfile
 
 import ray
-
 from _common import timed, write_spec
+
 from orchestrator import cluster
 from orchestrator.api import run_spec
 

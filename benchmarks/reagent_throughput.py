@@ -63,7 +63,8 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="reagent-bench-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["INTERP_SWEEPS_CACHE"] = os.environ.get("INTERP_SWEEPS_CACHE", str(Path.home() / ".cache" / "interp-sweeps"))
+    os.environ["INTERP_SWEEPS_CACHE"] = os.environ.get("INTERP_SWEEPS_CACHE",
+                                                       str(Path.home() / ".cache" / "interp-sweeps"))
 
     import torch
 

@@ -80,12 +80,13 @@ def main() -> None:
           f"{200_000 / times['read them back (latest attempts)']:,.0f} rows/s read")
 
     axes = {"a": 100, "b": 100, "c": args.plan_points // 10_000}
+    ranges = f"x: {{range: [0, {axes['a']}]}}, y: {{range: [0, {axes['b']}]}}, seed: {{range: [0, {axes['c']}]}}"
     spec = write_spec(f"""\
         name: huge
         stages:
           s:
             task: demo.quadratic
-            params: {{x: {{range: [0, {axes['a']}]}}, y: {{range: [0, {axes['b']}]}}, seed: {{range: [0, {axes['c']}]}}}}
+            params: {{{ranges}}}
     """)
     wall, peak, out = child([*CLI, "plan", str(spec), "--results", results])
     assert str(args.plan_points) in out.replace(",", ""), out
@@ -93,7 +94,7 @@ def main() -> None:
 
     from orchestrator import cluster
     from orchestrator.api import run_spec
-        
+
     cluster.connect(num_cpus=2)
     spin = write_spec(f"""\
         name: spin

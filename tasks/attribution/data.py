@@ -33,20 +33,63 @@ from typing import Any
 import torch
 
 TEMPLATES: dict[str, str] = {
-    "capital-common-countries": "When my flight landed in [B], I converted my currency and slowly fell asleep. (I had a terrifying dream about my grandmother, but that's a story for another time). I was staying in the capital, [A]",
-    "capital-world": "When my flight landed in [B], I converted my currency and slowly fell asleep. (I was behind on a couple of assignments, but I tried not to think about them). I was staying in the capital, [A]",
-    "currency": "As soon as I arrived in [A], I checked into my hotel and took a long nap. (I had finally finished the book I was reading and it was amazing). I had to figure out the exchange rate to the local currency, which is apparently called the [B]",
-    "city-in-state": "As soon as I arrived in [B], I checked into my hotel and watched a movie before falling asleep. (I had a great call with my husband, although I wish it were longer). I was staying in my favorite city, [A]",
-    "family": "I initially invited my [A], who gladly accepted my invitation. (My favorite song just came on, so I was able to relax). When I learned that women were allowed, I went ahead and also invited my [B]",
-    "gram1-adjective-to-adverb": "How could he do this so [B]? (I wasn't sure why my phone always rang at the most inopportune times). When I tried to do it, I could never be [A]",
-    "gram2-opposite": "I thought it was [A]. (Just then an ad came on the TV, but that's irrelevant). It was the opposite of that: it was [B]",
-    "gram3-comparative": "I knew it was [A], but that's before I saw it in person. (Just then I thought about my ex-wife, but I had to stop thinking about her). When I did end up seeing it in person, it was even [B]",
-    "gram4-superlative": "I thought it would be the [B] thing I'd ever encounter. (I tried to ignore my phone vibrating in my pocket). But when I did end up encountering it, it turned out it wasn't so [A]",
-    "gram5-present-participle": "Every other day, it started [B] in the morning. (I tried to remember the name of the woman at the bar). But today, it did not [A]",
-    "gram6-nationality-adjective": "I had never been friends with any [B] people before. (The funniest thing happened to me the other day, but that's a story for another time). In fact, I had never even been to [A]",
-    "gram7-past-tense": "Although I [B] yesterday, I had a million things to do today. (I suddenly felt a pinched nerve, so I made a mental note to get that checked out). So today I wouldn't have time to do any more [A]",
-    "gram8-plural": "I really wanted to buy the [A], more than I ever wanted to buy anything before. (I was also behind on my homework, but that's another story). So I went to the store and asked if they had any [B]",
-    "gram9-plural-verbs": "I can usually [A] by myself. (I was so behind on work but I tried to distract myself). Although it's so much better when someone else also [B]",
+    "capital-common-countries": (
+        "When my flight landed in [B], I converted my currency and slowly fell asleep. (I had a terrifying dream about "
+        "my grandmother, but that's a story for another time). I was staying in the capital, [A]"
+    ),
+    "capital-world": (
+        "When my flight landed in [B], I converted my currency and slowly fell asleep. (I was behind on a couple of "
+        "assignments, but I tried not to think about them). I was staying in the capital, [A]"
+    ),
+    "currency": (
+        "As soon as I arrived in [A], I checked into my hotel and took a long nap. (I had finally finished the book I "
+        "was reading and it was amazing). I had to figure out the exchange rate to the local currency, which is "
+        "apparently called the [B]"
+    ),
+    "city-in-state": (
+        "As soon as I arrived in [B], I checked into my hotel and watched a movie before falling asleep. (I had a "
+        "great call with my husband, although I wish it were longer). I was staying in my favorite city, [A]"
+    ),
+    "family": (
+        "I initially invited my [A], who gladly accepted my invitation. (My favorite song just came on, so I was able "
+        "to relax). When I learned that women were allowed, I went ahead and also invited my [B]"
+    ),
+    "gram1-adjective-to-adverb": (
+        "How could he do this so [B]? (I wasn't sure why my phone always rang at the most inopportune times). When I "
+        "tried to do it, I could never be [A]"
+    ),
+    "gram2-opposite": (
+        "I thought it was [A]. (Just then an ad came on the TV, but that's irrelevant). It was the opposite of that: "
+        "it was [B]"
+    ),
+    "gram3-comparative": (
+        "I knew it was [A], but that's before I saw it in person. (Just then I thought about my ex-wife, but I had to "
+        "stop thinking about her). When I did end up seeing it in person, it was even [B]"
+    ),
+    "gram4-superlative": (
+        "I thought it would be the [B] thing I'd ever encounter. (I tried to ignore my phone vibrating in my pocket). "
+        "But when I did end up encountering it, it turned out it wasn't so [A]"
+    ),
+    "gram5-present-participle": (
+        "Every other day, it started [B] in the morning. (I tried to remember the name of the woman at the bar). But "
+        "today, it did not [A]"
+    ),
+    "gram6-nationality-adjective": (
+        "I had never been friends with any [B] people before. (The funniest thing happened to me the other day, but "
+        "that's a story for another time). In fact, I had never even been to [A]"
+    ),
+    "gram7-past-tense": (
+        "Although I [B] yesterday, I had a million things to do today. (I suddenly felt a pinched nerve, so I made a "
+        "mental note to get that checked out). So today I wouldn't have time to do any more [A]"
+    ),
+    "gram8-plural": (
+        "I really wanted to buy the [A], more than I ever wanted to buy anything before. (I was also behind on my "
+        "homework, but that's another story). So I went to the store and asked if they had any [B]"
+    ),
+    "gram9-plural-verbs": (
+        "I can usually [A] by myself. (I was so behind on work but I tried to distract myself). Although it's so much "
+        "better when someone else also [B]"
+    ),
 }
 
 # A few facts in the test-set format, for offline runs (words from questions-words.txt).
@@ -108,7 +151,7 @@ def parse_analogies(lines: list[str]) -> dict[str, list[tuple[str, str]]]:
         if index != len(chunks) - 1:
             words = words[:-1]  # the space before the next ':'
         words = [w for w in words if w]
-        pairs = list(zip(words[0::2], words[1::2]))
+        pairs = list(zip(words[0::2], words[1::2], strict=False))  # an odd last word has no pair: dropped
         out[category] = list(dict.fromkeys(pairs))
     return out
 
@@ -208,12 +251,12 @@ def prepare_analogies(
         preds = _greedy_next(model, full + short, device)
         ok = []
         for i, c in enumerate(candidates):
-            words = [tokenizer.decode(seq + [preds[j]]).split(" ")[-1] for seq, j in
+            words = [tokenizer.decode([*seq, preds[j]]).split(" ")[-1] for seq, j in
                      ((full[i], i), (short[i], len(candidates) + i))]
             ok.append(all(w == c[5] for w in words))
-        candidates = [c for c, keep in zip(candidates, ok) if keep]
+        candidates = [c for c, keep in zip(candidates, ok, strict=True) if keep]
 
-    examples = []
+    examples: list[AnalogyExample] = []
     for category, analogy_idx, pair_idx, sentence, ids, target_word, relative_word, ds, de in candidates:
         pos = len(ids) - 1
         if target_position == "first_occurrence":
@@ -239,11 +282,12 @@ def read_prepared(path: str | Path, tokenizer: Any = None) -> list[AnalogyExampl
         records = [json.loads(line) for line in f if line.strip()]
     for r in records:
         prefix, target = tuple(int(i) for i in r["input_tokens"]), int(r["target_token"])
-        if tokenizer is not None and max(prefix + (target,)) >= len(tokenizer):
+        if tokenizer is not None and max((*prefix, target)) >= len(tokenizer):
             raise ValueError(f"{path} holds ids of {r.get('model', 'another model')}'s tokenizer, beyond this "
                              f"tokenizer's {len(tokenizer)} ids: load that model")
         target_text = r.get("target_text") or (tokenizer.decode([target]) if tokenizer is not None else str(target))
-        text = "".join(r["input_text"]) + target_text if "input_text" in r else tokenizer.decode(list(prefix) + [target])
+        text = ("".join(r["input_text"]) + target_text if "input_text" in r
+                else tokenizer.decode([*prefix, target]))
         examples.append(AnalogyExample(
             id=int(r["id"]), category=str(r.get("category", "")), analogy_idx=-1, pair_idx=-1, text=text,
             prefix=prefix, target=target, target_text=target_text, relative_pos=-1,

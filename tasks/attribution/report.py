@@ -76,7 +76,7 @@ def method_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFr
         values = values if isinstance(values, tuple) else (values,)
         per_example = part.groupby(key, dropna=False)[list(METRICS)].mean()
         sums = per_example.sum()
-        row = dict(zip(groups, values))
+        row = dict(zip(groups, values, strict=True))
         row.update({
             "n_examples": len(per_example),
             "n_targets": len(part),
@@ -98,7 +98,7 @@ def example_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataF
     out = []
     for values, part in df.groupby([*groups, key], dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        row = dict(zip([*groups, key], values))
+        row = dict(zip([*groups, key], values, strict=True))
         order = part.sort_values("target_pos") if "target_pos" in part else part
         row.update({
             "target_tokens": "$".join(str(t) for t in order["target_token"]),

@@ -124,8 +124,9 @@ def _sampler(setup: dict[str, Any], params: AttributionParams, device: str) -> t
 
 
 def _score(
-    setup: dict[str, Any], params: AttributionParams, ctx: RunContext, items: list[tuple[dict[str, Any], list[int], int]],
-    method: str, normalization: str, extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
+    setup: dict[str, Any], params: AttributionParams, ctx: RunContext,
+    items: list[tuple[dict[str, Any], list[int], int]], method: str, normalization: str,
+    extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Attribute and score each (row fields, prefix ids, target id); one row each."""
     import torch
@@ -159,7 +160,7 @@ def _score(
                           sampler=sampler, generator=gen_attr, seed=ctx.seed + start, normalization=normalization,
                           internal_batch_size=params.internal_batch_size)
         seconds = (time.perf_counter() - t0) / len(part)
-        for (fields, _, y), ids, a in zip(part, prefixes, attrs):
+        for (fields, _, y), ids, a in zip(part, prefixes, attrs, strict=True):
             rand = random_scores(len(ids), gen_metric, device)
             own, rnd = soft_metrics(model, ids, [a.scores, rand], gen_metric, params.distance)
             rows.append({
@@ -245,12 +246,14 @@ def sequence(params: SequenceParams, ctx: RunContext) -> list[dict[str, Any]]:
                                ids.shape[1], params.max_new_tokens, limit)
             continue
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)[0].tolist()
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=params.max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)[0].tolist()
         generated_text = tokenizer.decode(out)
         for pos in range(ids.shape[1], len(out), params.stride):
             fields = {"prompt_id": prompt_id, "example_text": prompt, "generated_text": generated_text,
-                      "target_index": pos - ids.shape[1], "target_pos": pos, "target_token": tokenizer.decode([out[pos]])}
+                      "target_index": pos - ids.shape[1], "target_pos": pos,
+                      "target_token": tokenizer.decode([out[pos]])}
             items.append((fields, out[:pos], out[pos]))
     method, normalization = params.method, params.normalization
     if params.original_sequence_attention and method == "attention":

@@ -207,7 +207,7 @@ def module_name(model: Any, site: str, i: int | None = None) -> str:
         return base_prefix + _require(model, site)
     if site == "lm_head":
         lm_head(model)  # raises when there is none
-        return row.lm_head
+        return _require(model, "lm_head")
     if site not in SITES:
         raise ValueError(f"site must be one of {', '.join(SITES)}, got site={site!r}")
     if i is None:

@@ -58,7 +58,7 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs)
     _ensure_pad_token(model, tokenizer)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]  # transformers' @wraps(Module.to) misleads mypy
 
 
 def load_encoder(

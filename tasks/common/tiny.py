@@ -14,6 +14,7 @@ one in the test session from `build_tiny_causal_lm`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -317,10 +318,8 @@ def _move_into_place(tmp: Path, target: Path) -> None:
             return  # another builder won the race; its files are equivalent to ours
     # `target` exists but is incomplete (an interrupted non-atomic copy, say): move it aside, retry once.
     stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex}")
-    try:
+    with contextlib.suppress(OSError):
         os.rename(target, stale)
-    except OSError:
-        pass
     shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(tmp, target)

@@ -71,9 +71,10 @@ class FlakyParams(TaskParams):
 def flaky(params: FlakyParams, ctx: RunContext) -> dict[str, Any]:
     """Raises for chosen inputs (every k-th, or while a marker file exists): failure handling tests."""
     divisor = params.fail_if_divisible_by
-    if divisor and params.i % divisor == 0:
-        if params.fail_while_file_exists is None or os.path.exists(params.fail_while_file_exists):
-            raise ValueError(f"planted failure for i={params.i}")
+    if divisor and params.i % divisor == 0 and (
+        params.fail_while_file_exists is None or os.path.exists(params.fail_while_file_exists)
+    ):
+        raise ValueError(f"planted failure for i={params.i}")
     return {"value": params.i * 10}
 
 
@@ -133,7 +134,8 @@ class LookupParams(TaskParams):
 def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     """A stand-in for an expensive model load: sleeps, then returns a table keyed by the model name."""
     time.sleep(params.load_seconds)
-    return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(), "weights": [ord(c) for c in params.model]}
+    return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(),
+            "weights": [ord(c) for c in params.model]}
 
 
 @task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",),

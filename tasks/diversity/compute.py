@@ -21,6 +21,7 @@ nothing heavy.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import zlib
@@ -54,7 +55,7 @@ def rolling_windows(
         return
     pred_len = max_length - context_len + 1
     first = min(max_length, len(ids))
-    yield [prefix_id] + ids[:first], first
+    yield [prefix_id, *ids[:first]], first
     done = first
     while done < len(ids):
         width = min(len(ids) - done, pred_len)
@@ -217,7 +218,7 @@ class NextTokenAggregator:
         """Add row `b` of a `window_stats` batch to document `index`; returns the document row when complete."""
         doc = self.docs[index]
         for key in ("nll", "prob", "n_correct", "n_pred", "entropy", "confidence", "n_stat"):
-            doc.sums[key] += float(stats[key][b])
+            doc.sums[key] += float(stats[key][b])  # type: ignore[assignment]  # typeshed: Counter values are int
         dist = stats["dist_sum"][b].numpy()
         n_stat = float(stats["n_stat"][b])
         if self.options.mean_probs_weighting == "window":
@@ -234,7 +235,7 @@ class NextTokenAggregator:
         s = doc.sums
         n_pred, n_stat = s["n_pred"], s["n_stat"]
         nan = float("nan")
-        row = {
+        row: dict[str, Any] = {
             "level": "document",
             "doc_index": doc.index,
             "n_tokens": doc.n_tokens,
@@ -297,7 +298,7 @@ class NextTokenAggregator:
             "confidence_token_mean": t["confidence"] / n_stat if n_stat else nan,
             "top1_accuracy": t["n_correct"] / n_pred if n_pred else nan,
             "mean_token_prob": t["prob"] / n_pred if n_pred else nan,
-            "vocab_size": int(len(pbar)) if pbar is not None else 0,
+            "vocab_size": len(pbar) if pbar is not None else 0,
             "mean_probs_windows": float(self.committed_n),
         }
         for tau in self.options.thresholds:
@@ -484,7 +485,8 @@ def ncd(x: str, y: str) -> float:
 
 
 def average_pairwise_ncd(texts: Sequence[str]) -> float:
-    """Mean over i of the mean NCD(text_i, text_j), j != i (both orders: NCD is not symmetric). Higher = more diverse."""
+    """Mean over i of the mean NCD(text_i, text_j), j != i (both orders: NCD is not symmetric).
+    Higher = more diverse."""
     per_text = [np.mean([ncd(x, y) for j, y in enumerate(texts) if j != i]) for i, x in enumerate(texts)]
     return float(np.mean(per_text))
 
@@ -510,7 +512,7 @@ def avg_compression_ratio_full(texts: Sequence[str]) -> float:
     diffs = []
     for i, target in enumerate(texts):
         others = list(texts[:i]) + list(texts[i + 1 :])
-        diffs.append(_ratio(" ".join(others)) - _ratio(" ".join(others + [target])))
+        diffs.append(_ratio(" ".join(others)) - _ratio(" ".join([*others, target])))
     return float(np.mean(diffs))
 
 
@@ -527,7 +529,7 @@ def avg_compression_ratio_target(texts: Sequence[str], empty_target: str = "skip
                 return float("nan")
             continue
         others = list(texts[:i]) + list(texts[i + 1 :])
-        diffs.append(_ratio(target) - _ratio(" ".join(others + [target])))
+        diffs.append(_ratio(target) - _ratio(" ".join([*others, target])))
     return float(np.mean(diffs)) if diffs else float("nan")
 
 
@@ -652,16 +654,15 @@ def diversity_metrics(
     """
     options = options or MetricOptions()
     texts = list(texts)
-    sims: dict[str, np.ndarray | None] = {
-        "jaccard_2": jaccard_matrix(texts, 2, options.jaccard_self_similarity),
-        "cosine": cosine_matrix(embeddings) if embeddings is not None else None,
-    }
+    sims: dict[str, np.ndarray] = {"jaccard_2": jaccard_matrix(texts, 2, options.jaccard_self_similarity)}
+    if embeddings is not None:
+        sims["cosine"] = cosine_matrix(embeddings)
     metrics: dict[str, Callable[[], float]] = {
         "selfBleuSmoothed": lambda: self_bleu(texts),
         "average_pairwise_ncd": lambda: average_pairwise_ncd(texts),
     }
     for n in options.jaccard_n:
-        metrics[f"average_pairwise_jaccard_{n}"] = lambda n=n: average_pairwise_jaccard(texts, n)
+        metrics[f"average_pairwise_jaccard_{n}"] = functools.partial(average_pairwise_jaccard, texts, n)
     metrics["avg_compression_ratio_full"] = lambda: avg_compression_ratio_full(texts)
     metrics["avg_compression_ratio_target"] = lambda: avg_compression_ratio_target(texts, options.empty_target)
     metrics["cosine_similarity"] = lambda: average_cosine_similarity(sims["cosine"], options.cosine_denominator)
@@ -669,15 +670,19 @@ def diversity_metrics(
         for sim in ("jaccard_2", "cosine"):
             name = f"order_{q}_{sim}"
             rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            metrics[name] = lambda q=q, sim=sim, rng=rng: order_q_diversity(sims[sim], q, options.order_q_samples, rng)
+
+            def order_q(q: int = q, sim: str = sim, rng: np.random.Generator = rng) -> float:
+                return order_q_diversity(sims[sim], q, options.order_q_samples, rng)
+
+            metrics[name] = order_q
     metrics["vendi_jaccard_2"] = lambda: vendi_score(sims["jaccard_2"])
     metrics["vendi_cosine"] = lambda: vendi_score(sims["cosine"])
     for n in options.distinct_n:
-        metrics[f"distinct_{n}"] = lambda n=n: distinct_n(texts, n)
+        metrics[f"distinct_{n}"] = functools.partial(distinct_n, texts, n)
     out = {}
     for name, fn in metrics.items():
         needs_embeddings = "cosine" in name
-        if needs_embeddings and sims["cosine"] is None:
+        if needs_embeddings and "cosine" not in sims:
             out[name] = float("nan")
             continue
         try:

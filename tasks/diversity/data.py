@@ -66,7 +66,8 @@ def read_documents(source: str, text_field: str = "text", max_docs: int | None =
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"dataset={source!r}: no such file (give 'builtin' or a .jsonl / .jsonl.zst / .txt path)")
+            raise FileNotFoundError(
+                f"dataset={source!r}: no such file (give 'builtin' or a .jsonl / .jsonl.zst / .txt path)")
         if path.name.endswith(".txt"):
             docs = (line.rstrip("\n") for line in _open_text(path) if line.strip())
         else:
@@ -166,7 +167,8 @@ def load_prompts(prompt_set: str, prompts_file: str | None = None, max_prompts: 
     default_len = DEFAULT_MAX_NEW_TOKENS.get(prompt_set, 70)
     if prompts_file is None:
         if prompt_set not in BUILTIN_PROMPTS:
-            raise ValueError(f"prompt_set={prompt_set!r} is not built in ({', '.join(BUILTIN_PROMPTS)}); give prompts_file")
+            raise ValueError(
+                f"prompt_set={prompt_set!r} is not built in ({', '.join(BUILTIN_PROMPTS)}); give prompts_file")
         prompts = [Prompt(i, p, g, default_len) for i, (p, g) in enumerate(BUILTIN_PROMPTS[prompt_set])]
     else:
         path = Path(prompts_file).expanduser()
@@ -198,7 +200,8 @@ def format_prompt(prompt: Prompt, template: str) -> str:
     """The full prompt text: `template` is a key of PROMPT_TEMPLATES or a format string with {prompt}, {guide}."""
     layout = PROMPT_TEMPLATES.get(template, template)
     if "{prompt}" not in layout:
-        raise ValueError(f"template={template!r} is neither one of {', '.join(PROMPT_TEMPLATES)} nor contains {{prompt}}")
+        raise ValueError(
+            f"template={template!r} is neither one of {', '.join(PROMPT_TEMPLATES)} nor contains {{prompt}}")
     return layout.format(prompt=prompt.prompt, guide=prompt.guide)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 # Bump when the recipes below (or data.NARROW_TEXT) change: cached builds are keyed on it.
 DIVERSITY_MODELS_VERSION = 1
 
@@ -53,11 +52,12 @@ def model_path(name: str) -> str:
 
 
 def build_finetuned(base: str, text: str, path: str | os.PathLike, steps: int, lr: float = 3e-3, seed: int = 0) -> Path:
-    """Load `base`, fine-tune all its weights on `text` (compute.finetune_on_text), save model and tokenizer to `path`."""
+    """Load `base`, fine-tune all its weights on `text` (compute.finetune_on_text), save model and tokenizer
+    to `path`."""
+    import torch
+
     from tasks.common.models import load_causal_lm
     from tasks.diversity.compute import finetune_on_text
-
-    import torch
 
     model, tokenizer = load_causal_lm(model_path(base))
     threads = torch.get_num_threads()

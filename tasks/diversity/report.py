@@ -62,7 +62,7 @@ def diversity_summary(
     rows = []
     for group, part in df.groupby(keys, sort=True):
         group = group if isinstance(group, tuple) else (group,)
-        row = dict(zip(keys, group))
+        row = dict(zip(keys, group, strict=True))
         for metric in metrics:
             values = part[metric].dropna().to_numpy(dtype=float)
             row[metric] = values.mean() if len(values) else np.nan
@@ -108,7 +108,8 @@ def plot_diversity(
                 mean, se = line[metric].to_numpy(float), line[f"{metric}_se"].to_numpy(float)
                 ax.plot(line["temperature"], mean, marker="o", label=str(model), color=colours[model])
                 ax.fill_between(line["temperature"], mean - 2 * se, mean + 2 * se, alpha=0.2, color=colours[model])
-            arrow = {True: " (higher = more diverse)", False: " (higher = less diverse)"}.get(DIRECTION.get(metric), "")
+            arrows: dict[bool | None, str] = {True: " (higher = more diverse)", False: " (higher = less diverse)"}
+            arrow = arrows.get(DIRECTION.get(metric), "")
             ax.set_title(f"{prompt_set or ''} {metric}{arrow}".strip(), fontsize=9)
             if row == len(metrics) - 1:
                 ax.set_xlabel("temperature")

@@ -180,7 +180,8 @@ def completions(params: CompletionsParams, ctx: RunContext) -> list[dict[str, An
         if n_ctx is not None:
             max_new = min(max_new, n_ctx - len(prompt_ids))
             if max_new < 1:
-                raise ValueError(f"prompt {prompt.index} has {len(prompt_ids)} tokens, no room in a {n_ctx}-token context")
+                raise ValueError(
+                    f"prompt {prompt.index} has {len(prompt_ids)} tokens, no room in a {n_ctx}-token context")
         generator = torch.Generator(device=device).manual_seed(_seed_for(ctx.seed, prompt.index))
         samples: list[list[int]] = []
         while len(samples) < params.n_samples:

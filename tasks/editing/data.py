@@ -371,7 +371,8 @@ def read_trace_facts(path: str | os.PathLike) -> list[tuple[str, str, str]]:
         template = r.get("template") or r.get("prompt")
         target = r.get("attribute") if r.get("attribute") is not None else r.get("target")
         if not template or "{}" not in template or "subject" not in r or target is None:
-            raise ValueError(f"{path}: record {i} needs a template/prompt with '{{}}', a subject and an attribute/target")
+            raise ValueError(
+                f"{path}: record {i} needs a template/prompt with '{{}}', a subject and an attribute/target")
         out.append((template, r["subject"], target))
     return out
 

@@ -77,7 +77,7 @@ def search_beta(large, backpack, general_chunks, league: float, device, *, vocab
 
     g0, _ = text_loss(EnsembleLM(large, backpack, 0.0, vocab_size), general_chunks, device)
     tried = []
-    n_steps = int(round(start / step))
+    n_steps = round(start / step)
     for i in range(n_steps):
         beta = round(start - i * step, 10)
         loss, _ = text_loss(EnsembleLM(large, backpack, beta, vocab_size), general_chunks, device)

@@ -29,6 +29,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -104,7 +105,7 @@ def prepare_model(
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=lora_rank,
-        lora_alpha=lora_alpha,
+        lora_alpha=lora_alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides it (alpha / r)
         lora_dropout=lora_dropout,
         target_modules=[names[id(m)] for m in targets],
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in targets),
@@ -133,11 +134,14 @@ class TrainConfig:
     seed: int = 0
 
 
+E = TypeVar("E")  # what `train`'s evaluate callback returns
+
+
 @dataclass
-class TrainHistory:
+class TrainHistory(Generic[E]):
     train_loss: list[float] = field(default_factory=list)  # per epoch, mean over batches (epoch 0: before)
     steps: list[int] = field(default_factory=list)  # optimiser steps made in each epoch
-    evaluations: list[object] = field(default_factory=list)  # what `evaluate` returned after each epoch
+    evaluations: list[E] = field(default_factory=list)  # what `evaluate` returned after each epoch
 
 
 def _batches(encoded: list[list], batch_size: int) -> list[list]:
@@ -155,7 +159,7 @@ def _batch_loss(model, batch: list[list], loss_type: str, device) -> torch.Tenso
     return canonical_loss(torch.stack(ns, 1), torch.stack(lengths, 1), loss_type)
 
 
-def _kl_loss(model, reference, chunk: list[int], device) -> torch.Tensor:
+def _kl_loss(model, reference, chunk: Sequence[int], device) -> torch.Tensor:
     ids = torch.tensor([chunk], device=device)
     with torch.no_grad():
         ref_logits = reference(input_ids=ids).logits
@@ -171,8 +175,8 @@ def train(
     device,
     reference=None,
     kl_chunks: Sequence[Sequence[int]] = (),
-    evaluate: Callable[[object, int], object] | None = None,
-) -> TrainHistory:
+    evaluate: Callable[[Any, int], E] | None = None,
+) -> TrainHistory[E]:
     """Train `model` in place on canonical `examples` (data.Example); returns losses and evaluations.
 
     `evaluate(model, epoch)` runs before training (epoch 0) and after each epoch, as the original logs.
@@ -188,7 +192,7 @@ def train(
     batches = _batches(encoded, config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.995), weight_decay=0.0)
-    history = TrainHistory()
+    history: TrainHistory[E] = TrainHistory()
 
     def log_epoch(epoch: int, losses: list[float], steps: int) -> None:
         history.train_loss.append(sum(losses) / max(len(losses), 1))
@@ -206,7 +210,8 @@ def train(
             g["lr"] = config.lr * cosine_factor(epoch, config.epochs)
         order = list(batches)
         rng.shuffle(order)
-        losses, steps = [], 0
+        losses: list[float] = []
+        steps = 0
         for start in range(0, len(order), group):
             chunk = order[start : start + group]
             if config.grad_acc_quirk:

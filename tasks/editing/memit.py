@@ -75,7 +75,7 @@ def _bare_ids(tokenizer, request: MemitRequest) -> tuple[list[int], int]:
 @torch.no_grad()
 def block_outputs(model, layer: int, seqs, positions, device) -> torch.Tensor:
     """Residual stream after block `layer` at one position per sequence: (n, d)."""
-    store = {}
+    store: dict[str, torch.Tensor] = {}
     block = _arch.layers(model)[layer]
     ids, mask = rome._pad_right(seqs, device)
     with rome._hook(block, lambda m, a, out: store.update(h=rome._output_tensor(out).detach())):
@@ -122,7 +122,8 @@ def compute_memit(
     zs = []
     for req in requests:
         target = req.target if req.target.startswith(" ") else " " + req.target
-        alt = None if req.target_alt is None else (req.target_alt if req.target_alt.startswith(" ") else " " + req.target_alt)
+        alt = None if req.target_alt is None else (
+            req.target_alt if req.target_alt.startswith(" ") else " " + req.target_alt)
         z, _, loss, _ = rome.compute_v(model, tokenizer, rh, req.prompt, req.subject, target, templates, device,
                                        module=block, loss_type=hp.loss_type, target_alt=alt,
                                        fork_anti_prompts=hp.fork_anti_prompts, fork_length_norm=hp.fork_length_norm,

@@ -24,7 +24,6 @@ import os
 import random
 from pathlib import Path
 
-
 # Bump when the recipe below (or data.BUILTIN_FACTS) changes: cached builds are keyed on it.
 EDITING_MODELS_VERSION = 1
 

@@ -71,7 +71,8 @@ def plot_trace(
     for row, fact in enumerate(fact_ids):
         first = cells[cells["fact_index"] == fact]
         tokens = first.drop_duplicates("token_index").sort_values("token_index")
-        labels = [("*" if s else "") + repr(t)[1:-1] for t, s in zip(tokens["token"], tokens["is_subject"])]
+        labels = [("*" if s else "") + repr(t)[1:-1]
+                  for t, s in zip(tokens["token"], tokens["is_subject"], strict=True)]
         for col, site in enumerate(sites):
             ax = axes[row][col]
             grid = trace_grid(df, fact, site, value)
@@ -120,12 +121,13 @@ def average_trace(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (fact, site), part in cells.groupby(["fact_index", "site"]):
         meta = facts.loc[fact] if fact in facts.index else None
+        assert meta is not None, f"no fact row for traced fact {fact}"
         if isinstance(meta, pd.DataFrame):
             meta = meta.iloc[0]
         start, end = int(meta["subject_start"]), int(meta["subject_end"])
         n_tokens = int(meta["n_tokens"])
         for (bucket, layer), cell in part.groupby(
-            [part["token_index"].map(lambda t: _bucket(int(t), start, end, n_tokens)), "layer"]
+            [part["token_index"].map(lambda t, s=start, e=end, n=n_tokens: _bucket(int(t), s, e, n)), "layer"]
         ):
             rows.append({"fact_index": fact, "site": site, "bucket": bucket, "layer": int(layer),
                          "indirect_effect": cell["indirect_effect"].mean()})
@@ -171,7 +173,7 @@ def selection_table(
     out = []
     if "selected_from" in agg.columns and agg["selected_from"].notna().any():
         for group, part in agg.groupby(keys, dropna=False, sort=True):
-            row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+            row = dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True))
             row.update({c: part[c].astype(float).mean() for c in columns})
             gains = 100 * part["success_gain"].astype(float)
             row["gain_points"] = gains.mean()
@@ -181,7 +183,7 @@ def selection_table(
             out.append(row)
         return pd.DataFrame(out)
     for group, part in agg.groupby(keys, dropna=False, sort=True):
-        row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+        row = dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True))
         inside = part if bound is None else part[part[bound_metric].astype(float) <= bound]
         row["n_trials"], row["n_inside"] = len(part), len(inside)
         if len(inside):
@@ -297,7 +299,7 @@ def original_gptj_summary(directory: str | Path) -> pd.DataFrame:
     keys = ["task", "method", "league"]
     for frame in (results, initial, ensemble):
         frame["league"] = frame["league"].astype(float)
-    merged = results.merge(initial[keys + ["score"]], on=keys, suffixes=("", "_initial"), validate="one_to_one")
+    merged = results.merge(initial[[*keys, "score"]], on=keys, suffixes=("", "_initial"), validate="one_to_one")
     ft = pd.DataFrame({"task": merged["task"], "method": merged["method"], "league": merged["league"],
                        "success": merged["score"], "success_before": merged["score_initial"]})
     ens = pd.DataFrame({"task": ensemble["task"], "method": "ensemble", "league": ensemble["league"],

@@ -109,7 +109,7 @@ def keys_and_values(model, layer: int, seqs: Sequence[Sequence[int]], positions:
     """Key (input) and value (output) of layer's MLP output projection at one position per sequence:
     two tensors (n, D) and (n, d)."""
     proj = _arch.down_proj(model, layer)
-    store = {}
+    store: dict[str, torch.Tensor] = {}
     ids, mask = _pad_right(seqs, device)
     with _hook(proj, lambda m, args, out: store.update(k=args[0].detach(), v=out.detach())):
         model(input_ids=ids, attention_mask=mask)
@@ -125,8 +125,8 @@ def second_moment(model, layer: int, chunks: Sequence[Sequence[int]], device, ba
     total, count = None, 0
     for start in range(0, len(chunks), batch_size):
         ids, mask = _pad_right(chunks[start : start + batch_size], device)
-        store = {}
-        with _hook(proj, lambda m, args, out: store.update(k=args[0].detach())):
+        store: dict[str, torch.Tensor] = {}
+        with _hook(proj, lambda m, args, out, store=store: store.update(k=args[0].detach())):
             model(input_ids=ids, attention_mask=mask)
         keys = store["k"][mask.bool()].double()  # (tokens, D)
         total = keys.T @ keys if total is None else total + keys.T @ keys
@@ -231,9 +231,9 @@ def compute_v(
     for j, ids_t in enumerate(target_ids):
         lead = target_ids[0] if fork_anti_prompts and loss_type == "good-v-bad" else ids_t
         for text in rewrite_texts:
-            ids = _ids(tokenizer, text)
-            seqs.append(ids + lead[:-1])
-            start = len(ids) + len(lead) - 1 - len(ids_t)  # logits at this position predict ids_t[0]
+            prompt_ids = _ids(tokenizer, text)
+            seqs.append(prompt_ids + lead[:-1])
+            start = len(prompt_ids) + len(lead) - 1 - len(ids_t)  # logits at this position predict ids_t[0]
             if start < 0:
                 raise ValueError(f"target {targets[j]!r} is longer than its rewriting prompt {text!r}")
             lookups.append(subject_last_index(tokenizer, text, subject))
@@ -249,6 +249,7 @@ def compute_v(
     lookup = torch.tensor(lookups, device=ids.device)
     proj = module if module is not None else _arch.down_proj(model, hp.layer)
     state: dict[str, torch.Tensor] = {}
+    width: dict[str, int] = {}
 
     def add_delta(mod, args, out):  # output (batch, seq, d)
         hidden = _output_tensor(out)
@@ -267,9 +268,9 @@ def compute_v(
         return -(log_probs[r, pos, ids_t[None, :]].sum(1) / norm_lengths[j]).mean()
 
     with frozen_parameters(model):
-        with _hook(proj, lambda m, a, out: state.update(d=_output_tensor(out).shape[-1])):
+        with _hook(proj, lambda m, a, out: width.update(d=_output_tensor(out).shape[-1])):
             model(input_ids=ids[:1], attention_mask=mask[:1])
-        delta = torch.zeros(state.pop("d"), device=ids.device, requires_grad=True)
+        delta = torch.zeros(width.pop("d"), device=ids.device, requires_grad=True)
         state["delta"] = delta
         optimiser = torch.optim.Adam([delta], lr=hp.v_lr)
         kl_init = None
@@ -334,12 +335,14 @@ def compute_rome_update(
 def inverse_second_moment(cov: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """C^-1 (float64), optionally of C + ridge * tr(C)/D * I; a clear error when C is singular."""
     if ridge > 0:
-        cov = cov + ridge * torch.trace(cov) / cov.shape[0] * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        cov = cov + ridge * torch.trace(cov) / cov.shape[0] * torch.eye(cov.shape[0], dtype=cov.dtype,
+                                                                        device=cov.device)
     try:
         return torch.linalg.inv(cov)
     except RuntimeError as exc:  # torch raises on an exactly singular matrix
         raise ValueError(
-            f"the key second moment ({cov.shape[0]}x{cov.shape[0]}) is singular: use more general text or set cov_ridge > 0"
+            f"the key second moment ({cov.shape[0]}x{cov.shape[0]}) is singular: use more general text "
+            "or set cov_ridge > 0"
         ) from exc
 
 

@@ -33,10 +33,10 @@ class SenseOffsets(nn.Module):
 
     def __init__(self, pairs: Sequence[tuple[int, int]], vocab_size: int, num_senses: int, n_embd: int):
         super().__init__()
-        self.pairs = sorted(set((int(v), int(l)) for v, l in pairs))
+        self.pairs = sorted(set((int(v), int(sense)) for v, sense in pairs))
         table = torch.full((vocab_size, num_senses), -1, dtype=torch.long)
-        for slot, (v, l) in enumerate(self.pairs):
-            table[v, l] = slot
+        for slot, (v, sense) in enumerate(self.pairs):
+            table[v, sense] = slot
         self.register_buffer("table", table, persistent=False)
         self.offsets = nn.Parameter(torch.zeros(len(self.pairs), n_embd))
 

@@ -45,7 +45,7 @@ def uniform_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # per-model caches of derived, read-only values (templates, key statistics): keyed weakly on the model
-_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 def _cached(model, key: tuple, build):
@@ -140,7 +140,8 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
         from tasks.editing import senses
 
         if not hasattr(base, "sense_vectors"):
-            raise ValueError(f"method senses needs a Backpack model (e.g. tiny-backpack, stanfordnlp/backpack-gpt2), got model={params.model!r}")
+            raise ValueError("method senses needs a Backpack model (e.g. tiny-backpack, stanfordnlp/backpack-gpt2), "
+                             f"got model={params.model!r}")
         background = senses.background_scores(base, compute.encode_texts(tokenizer, kl_texts, max_length), device)
         pairs = senses.select_senses(
             base, tokenizer, dataset.train[: params.max_train], dataset.loss_type, background,
@@ -238,7 +239,7 @@ def load_offsets(path) -> tuple[list[tuple[int, int]], Any]:
     from safetensors.torch import load_file
 
     state = load_file(str(path))
-    return [tuple(map(int, p)) for p in state["pairs"].tolist()], state["offsets"]
+    return [(int(v), int(sense)) for v, sense in state["pairs"].tolist()], state["offsets"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,7 +263,8 @@ class RomeParams(TaskParams):
     kl_factor: float = Field(0.0625, ge=0)
     clamp_norm_factor: float = Field(4.0, gt=0)
     mom2_adjustment: bool = True
-    template_lengths: list[tuple[int, int]] = [(5, 10), (10, 10)]  # (tokens, count) of sampled prefixes
+    # (tokens, count) of sampled prefixes
+    template_lengths: list[tuple[int, int]] = [(5, 10), (10, 10)]  # noqa: RUF012 - pydantic field
     context_templates: list[str] | None = None  # fixed templates with "{}" instead of sampled ones
     cov_text: str = "builtin"  # builtin | val100 | jsonl path: text for C = E[k k^T]
     cov_docs: int = Field(1000, ge=1)
@@ -272,14 +274,15 @@ class RomeParams(TaskParams):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _explicit_request(self) -> "RomeParams":
+    def _explicit_request(self) -> RomeParams:
         given = [self.subject is not None, self.prompt is not None, self.target_new is not None]
         if any(given) and not all(given):
             raise ValueError("subject, prompt and target_new must be given together (or none: a built-in fact)")
         if self.prompt is not None and "{}" not in self.prompt:
             raise ValueError(f"prompt must contain '{{}}' for the subject, got prompt={self.prompt!r}")
         if self.context_templates is not None and (
-            not self.context_templates or self.context_templates[0] != "{}" or any("{}" not in t for t in self.context_templates)
+            not self.context_templates or self.context_templates[0] != "{}"
+            or any("{}" not in t for t in self.context_templates)
         ):
             raise ValueError('context_templates must start with "{}" (the bare prompt) and each contain "{}"')
         return self
@@ -292,7 +295,8 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
 
     Probabilities of the new and true object before/after on the rewrite, paraphrase and neighborhood
     prompts (CounterFact-style, P = exp(-mean token NLL)), plus an aggregate row (efficacy, paraphrase
-    and neighborhood scores, general-text loss change). The edit is undone before returning. Maths and simplifications: rome.py.
+    and neighborhood scores, general-text loss change). The edit is undone before returning. Maths and
+    simplifications: rome.py.
     """
     from tasks.editing import _arch, compute, data, rome
 
@@ -315,7 +319,8 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
     if params.mom2_adjustment:
         cov_inv = _cached(
             model, ("cov_inv", layer, params.cov_text, params.cov_docs, params.cov_ridge, max_length),
-            lambda: rome.inverse_second_moment(rome.second_moment(model, layer, general_chunks, device), params.cov_ridge),
+            lambda: rome.inverse_second_moment(rome.second_moment(model, layer, general_chunks, device),
+                                               params.cov_ridge),
         )
     hp = rome.RomeHparams(
         layer=layer, v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
@@ -334,7 +339,7 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
         update_norm = float(delta.norm())
 
     rows: list[dict[str, Any]] = []
-    for (kind, text), (new_b, true_b), (new_a, true_a) in zip(prompts, before, after):
+    for (kind, text), (new_b, true_b), (new_a, true_a) in zip(prompts, before, after, strict=True):
         wants_new = kind != "neighborhood"
         rows.append(
             {
@@ -367,6 +372,8 @@ def _rome_request(params: RomeParams, model, tokenizer, device) -> dict[str, Any
         paraphrases = params.paraphrases if params.paraphrases is not None else [fact.paraphrase]
         neighborhood = params.neighborhood if params.neighborhood is not None else list(fact.neighborhood)
     else:
+        # RomeParams' validator: subject, prompt and target_new come together
+        assert params.prompt is not None and params.target_new is not None
         subject, prompt, target_new = params.subject, params.prompt, params.target_new
         target_true = params.target_true or _greedy_token(model, tokenizer, prompt.format(subject), device)
         paraphrases, neighborhood = params.paraphrases or [], params.neighborhood or []
@@ -402,7 +409,7 @@ def _candidate_probs(model, tokenizer, prompts, request, max_length, device) -> 
             with torch.no_grad():
                 n, length = compute.suffix_nll(model, encoded, device)
             pair.append(math.exp(-float(n[0]) / float(length[0])))
-        out.append(tuple(pair))
+        out.append((pair[0], pair[1]))
     return out
 
 
@@ -426,7 +433,8 @@ def _rome_aggregate(rows, update, update_norm, general_before, general_after, re
         "neighborhood_score": score("neighborhood", "prompt_success"),
         "neighborhood_score_before": score("neighborhood", "prompt_success_before"),
         "neighborhood_abs_change": (
-            sum(abs(r["p_true_after"] - r["p_true_before"]) for r in neighbours) / len(neighbours) if neighbours else None
+            sum(abs(r["p_true_after"] - r["p_true_before"]) for r in neighbours) / len(neighbours)
+            if neighbours else None
         ),
         "general_loss_before": general_before,
         "general_loss": general_after,
@@ -454,7 +462,7 @@ class CausalTraceParams(TaskParams):
     facts: list[TraceFact] | None = None  # default: facts_file, else data.BUILTIN_FACTS (true objects)
     facts_file: str | None = None  # ROME's known_1000.json or jsonl of {prompt with "{}", subject, target}
     fact_indices: list[int] | None = None  # which of the facts to trace (default all)
-    sites: list[Literal["hidden", "mlp", "attn"]] = ["hidden", "mlp", "attn"]
+    sites: list[Literal["hidden", "mlp", "attn"]] = ["hidden", "mlp", "attn"]  # noqa: RUF012 - pydantic field
     window: int = Field(10, ge=1)  # layers restored together for mlp / attn (hidden: always 1)
     samples: int = Field(10, ge=1)
     noise_factor: float = Field(3.0, gt=0)  # nu = factor x std of subject embeddings ("s3")
@@ -597,9 +605,7 @@ def ensemble(params: EnsembleParams, ctx: RunContext) -> list[dict[str, Any]]:
     if key not in _LARGE:
         _LARGE[key] = load(params.large_model, device=str(device))[0]
     large = _LARGE[key]
-    path = params.offsets_path
-    if path is None:
-        path = ctx.upstream_one().artifact_dir / OFFSETS_FILE
+    path = params.offsets_path if params.offsets_path is not None else ctx.upstream_one().artifact_dir / OFFSETS_FILE
     pairs, offsets = load_offsets(path)
     edited = prepare_sense_model(backpack, pairs)
     import torch
@@ -632,7 +638,8 @@ class MemitParams(TaskParams):
     dataset: str = "facts"
     split: Literal["val", "test"] = "val"
     subject_type: Literal["prefix", "true"] = "prefix"  # prefix: the whole prefix is the subject ("standard")
-    layers: list[int] | None = None  # default: the first ceil(L/3) layers (backpack 0..4, pythia-410m 3..7 in the paper)
+    # default: the first ceil(L/3) layers (backpack 0..4, pythia-410m 3..7 in the paper)
+    layers: list[int] | None = None
     v_num_grad_steps: int = Field(20, ge=1)
     v_lr: float = Field(0.5, gt=0)
     v_weight_decay: float = Field(0.5, ge=0)
@@ -643,7 +650,7 @@ class MemitParams(TaskParams):
     fork_anti_prompts: bool = False  # verb anti prompts end in the target's leading tokens
     fork_length_norm: bool = False  # balance / verb losses divide both NLLs by one target's length
     fork_negative_stop: float | None = None  # stereoset / verb optimisation stops below this (fork: -50)
-    template_lengths: list[tuple[int, int]] = [(10, 10)]
+    template_lengths: list[tuple[int, int]] = [(10, 10)]  # noqa: RUF012 - pydantic field
     context_templates: list[str] | None = None
     league: float | None = Field(None, gt=0)  # in_league = degradation_general < league
     general_text: str = "builtin"
@@ -672,7 +679,7 @@ def _memit_requests(params: MemitParams, dataset) -> list:
             raise ValueError("subject_type 'true' needs annotated subjects: only dataset 'facts' has them")
         facts = data._split_facts(params.split)[0][: len(train)]
         return [MemitRequest(f.prompt, f.subject, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
-                for f, ex in zip(facts, train)]
+                for f, ex in zip(facts, train, strict=True)]
     return [MemitRequest("{}", ex.prefix, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
             for ex in train]
 
@@ -701,7 +708,8 @@ def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
                                       params.max_eval, params.max_hard_negative, params.eval_batch_size)
     cov_chunks = compute.encode_texts(tokenizer, texts[: params.cov_docs], max_length)
     covs = {layer: _cached(model, ("cov", layer, params.general_text, params.cov_docs, max_length),
-                           lambda layer=layer: rome.second_moment(model, layer, cov_chunks, device)) for layer in layers}
+                           lambda layer=layer: rome.second_moment(model, layer, cov_chunks, device))
+            for layer in layers}
     templates = params.context_templates or _cached(
         model, ("templates", tuple(map(tuple, params.template_lengths)), ctx.seed),
         lambda: rome.sample_context_templates(model, tokenizer, params.template_lengths, ctx.seed, device),

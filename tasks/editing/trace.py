@@ -174,6 +174,6 @@ def trace_grid(
     grid = torch.full((seq, n_layers), float("nan"))
     for t in tokens if tokens is not None else range(seq):
         for layer in range(n_layers):
-            restore = [(t, l) for l in window_layers(layer, window, n_layers)]
+            restore = [(t, near) for near in window_layers(layer, window, n_layers)]
             grid[t, layer] = patched_probability(model, inp, noise, site, restore, clean)
     return grid, p_clean, p_corrupted

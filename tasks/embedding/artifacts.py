@@ -89,7 +89,7 @@ class EmbeddingFile:
         """hidden[indices, :n, :d] as float64: (len(indices), n, d)."""
         from safetensors import safe_open
 
-        N, T, width = self.shape
+        _N, T, width = self.shape
         if n > T or d > width:
             raise ValueError(f"{self.path.name} holds T={T} positions of width {width}; asked n={n}, d={d}")
         with safe_open(str(self.path), framework="pt") as f:

@@ -77,7 +77,7 @@ def build_text_set(
         pairs = itertools.islice(pairs, max(10_000, 50 * (n_train + n_test)))
     for texts, labels in _chunks(pairs, chunk):
         seen += len(texts)
-        for text, label, count in zip(texts, labels, count_tokens(texts)):
+        for text, label, count in zip(texts, labels, count_tokens(texts), strict=True):
             if count < max_tokens and len(kept[label]) < quota[label]:
                 kept[label].append((text, count))
         if all(len(kept[c]) >= quota[c] for c in (1, -1)):
@@ -122,7 +122,9 @@ def _chunks(pairs: Iterable[tuple[str, int]], size: int) -> Iterator[tuple[list[
         yield texts, labels
 
 
-def iter_source(source: str, seed: int = 0, text_field: str = "text", label_field: str = "label") -> Iterator[tuple[str, int]]:
+def iter_source(
+    source: str, seed: int = 0, text_field: str = "text", label_field: str = "label"
+) -> Iterator[tuple[str, int]]:
     """(text, +1/-1) pairs of a source, in its order."""
     if source == "synthetic":
         return synthetic_reviews(seed)

@@ -100,7 +100,8 @@ def hidden_states(params: HiddenStatesParams, ctx: RunContext) -> list[dict[str,
                      "file": path.name, "file_bytes": path.stat().st_size})
     artifacts.write_json(ctx.artifact_dir / "texts.jsonl",
                          [{"index": j, "split": s, "label": y, "tokens": k, "text": t} for j, (t, y, s, k) in
-                          enumerate(zip(texts.texts, texts.labels, texts.splits, texts.token_counts))], lines=True)
+                          enumerate(zip(texts.texts, texts.labels, texts.splits, texts.token_counts, strict=True))],
+                         lines=True)
     timing = {"seconds": enc.seconds, "tokens_per_s": enc.real_tokens / enc.seconds}
     ctx.logger.info("embedded %d texts (%d tokens) in %.2f s", len(texts), enc.real_tokens, enc.seconds)
     artifacts.write_json(ctx.artifact_dir / "meta.json", {**meta, "layers": params.layers, "n_train": params.n_train,

@@ -76,7 +76,7 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
 # ------------------------------------------------------------------------------------ embedding edits
 
 
-def input_embedding(model: Any) -> torch.nn.Module:
+def input_embedding(model: Any) -> torch.nn.Embedding:
     return model.get_input_embeddings()
 
 
@@ -99,7 +99,7 @@ def edited_embeddings(model: Any, edit: Callable[[torch.Tensor], None], keep_out
     shared = output.weight if output is not None else None
     try:
         if output is not None:
-            output.weight = torch.nn.Parameter(saved.clone(), requires_grad=shared.requires_grad)
+            output.weight = torch.nn.Parameter(saved.clone(), requires_grad=output.weight.requires_grad)
         with torch.no_grad():
             edit(weight)
         yield
@@ -152,7 +152,7 @@ def next_token_probs(model: Any, ids: Sequence[int]) -> torch.Tensor:
 def top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """(id, probability) of the k most probable tokens, best first."""
     values, ids = probs.topk(min(k, probs.shape[-1]))
-    return [(int(i), float(v)) for i, v in zip(ids, values)]
+    return [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
 
 
 def rank_of(probs: torch.Tensor, token: int) -> torch.Tensor:
@@ -243,8 +243,11 @@ def token_saliency(
 
     ids = ids.to(_device(model))
     if method in ("norm", "input_x_gradient", "gradient_shap"):
-        fn = {"norm": gradients.norm, "input_x_gradient": gradients.input_x_gradient,
-              "gradient_shap": gradients.gradient_shap}[method]
+        attribution_methods: dict[str, Callable[..., torch.Tensor]] = {
+            "norm": gradients.norm, "input_x_gradient": gradients.input_x_gradient,
+            "gradient_shap": gradients.gradient_shap,
+        }
+        fn = attribution_methods[method]
         return fn(model, ids, int(target), tokenizer=tokenizer, seed=seed).detach().float().cpu()
     embeds = _inputs(model, ids)  # (1, L, d) leaf
     forward = _target_fn(model, int(target), log=False)  # (batch, L, d) -> (batch,) p(target)
@@ -351,6 +354,7 @@ def injection_run(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("no trainable parameter")
+    opt: torch.optim.Optimizer
     if optimizer == "adam":
         opt = torch.optim.Adam(trainable, lr=lr, weight_decay=0.0)
     elif optimizer == "sgd":

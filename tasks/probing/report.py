@@ -27,8 +27,9 @@ def _level(df: pd.DataFrame, level: str) -> pd.DataFrame:
 
 
 def swap_table(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("run_id", "model", "mode", "output", "variant_set", "question", "touched_in_input", "answer_before",
-                        "p_before", "answer_after", "p_after", "p_original_answer_after", "changed") if c in df.columns]
+    cols = [c for c in ("run_id", "model", "mode", "output", "variant_set", "question", "touched_in_input",
+                        "answer_before", "p_before", "answer_after", "p_after", "p_original_answer_after", "changed")
+            if c in df.columns]
     return _level(df, "answer")[cols].reset_index(drop=True)
 
 
@@ -62,7 +63,7 @@ def plot_update_norms(df: pd.DataFrame, path: str | Path, value: str = "update_n
     runs = list(dict.fromkeys(layers["run_id"])) if "run_id" in layers.columns else [None]
     runs = runs[:max_runs]
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs) + 0.5), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs):
+    for ax, run in zip(axes[:, 0], runs, strict=True):
         part = layers if run is None else layers[layers["run_id"] == run]
         grid = part.pivot_table(index="row", columns="step", values=value, aggfunc="mean")
         order = sorted([r for r in grid.index if r != "other"], key=lambda r: int(r[1:])) + (

@@ -3,7 +3,8 @@ injection. Adapters only; the maths is in `tasks.probing.compute`.
 
 The setup model is shared across runs and never left edited: embedding swaps / noise edit the input
 embedding matrix in place inside `compute.edited_embeddings`, which restores the saved tensor in
-`finally` (with tied embeddings the output layer gets an unedited copy meanwhile, unless output="tied"); subject noise only adds a forward hook (removed in `finally`); fact injection trains a deep
+`finally` (with tied embeddings the output layer gets an unedited copy meanwhile, unless output="tied");
+subject noise only adds a forward hook (removed in `finally`); fact injection trains a deep
 copy made by the editing family's `finetune.prepare_model`.
 Models load through the editing family (`tasks.editing.models.load_model`): its built-in
 `tiny-gpt2-facts` / `tiny-gpt2-corpus`, the common tiny models, local dirs and `.gguf` files.
@@ -20,6 +21,8 @@ from orchestrator.context import RunContext
 from orchestrator.registry import TaskParams, task
 
 Variant = Literal["space_lower", "bare_lower", "space_cap", "bare_cap", "space_upper", "bare_upper"]
+SaliencyMethod = Literal["gradient_x_input", "integrated_gradients", "norm", "input_x_gradient", "gradient_shap"]
+Baseline = Literal["bos", "eos", "zero", "unk"]
 
 DEFAULT_QUESTIONS = [
     "The cat is afraid of the",
@@ -53,6 +56,10 @@ def _generator(seed: int):
     return torch_generator(seed, "cpu")
 
 
+def _variants(*names: Variant) -> list[Variant]:
+    return list(names)
+
+
 # --------------------------------------------------------------------------------------------------
 # probing.embedding_swap
 
@@ -63,14 +70,14 @@ class SwapSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     token_a: str = "cat"
     token_b: str = "dog"
-    variants: list[Variant] = Field(default_factory=lambda: ["space_lower"])
+    variants: list[Variant] = Field(default_factory=lambda: _variants("space_lower"))
 
 
 class EmbeddingSwapParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     token_a: str = "cat"
     token_b: str | None = "dog"  # None: noise on token_a only (mode noise)
-    variants: list[Variant] = Field(default_factory=lambda: ["space_lower"])
+    variants: list[Variant] = Field(default_factory=lambda: _variants("space_lower"))
     mode: Literal["swap", "noise", "swap_noise"] = "swap"
     noise_scale: float = Field(1.0, ge=0)  # in units of the embedding matrix's std (modes noise, swap_noise)
     questions: list[str] = Field(default_factory=lambda: list(DEFAULT_QUESTIONS))
@@ -121,7 +128,7 @@ def answer_table(model, tokenizer, questions: list[str], edit, touched: list[int
     with compute.edited_embeddings(model, edit, keep_output=keep_output):
         after = [compute.next_token_probs(model, ids) for ids in encoded]
     rows = []
-    for qi, (question, ids, p0, p1) in enumerate(zip(questions, encoded, before, after)):
+    for qi, (question, ids, p0, p1) in enumerate(zip(questions, encoded, before, after, strict=True)):
         for condition, probs in (("before", p0), ("after", p1)):
             for rank, (tok, p) in enumerate(compute.top_k(probs, top_k)):
                 rows.append({**extra, "level": "topk", "question_index": qi, "question": question,
@@ -147,7 +154,8 @@ def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
     """Swap (or noise) the input embeddings of two words in each tokenisation variant; top-k answers per
     question before and after (seeds.md D.8 "Embedding swap"). Variants whose form is not one token are
     reported (level "variant", ok False) and left untouched. With tied embeddings, output="keep" (default)
-    leaves the output layer unedited; output="tied" swaps the shared rows, so outputs swap too. Noise std = noise_scale x std(embedding matrix), seed ctx.seed.
+    leaves the output layer unedited; output="tied" swaps the shared rows, so outputs swap too. Noise
+    std = noise_scale x std(embedding matrix), seed ctx.seed.
     """
     from tasks.probing import compute
 
@@ -175,7 +183,8 @@ def embedding_swap(params: EmbeddingSwapParams, ctx: RunContext) -> list[dict]:
 class SubjectNoiseParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     questions: list[str] = Field(default_factory=lambda: list(DEFAULT_QUESTIONS))
-    subjects: list[str] = Field(default_factory=lambda: ["cat", "dog", "mouse", "lion"])  # each noised alone where it occurs in a question
+    # each noised alone where it occurs in a question
+    subjects: list[str] = Field(default_factory=lambda: ["cat", "dog", "mouse", "lion"])
     noise_scales: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])  # x std(embedding matrix)
     samples: int = Field(10, ge=1)
     noise_unit: Literal["embedding_std", "absolute"] = "embedding_std"
@@ -234,15 +243,23 @@ def subject_noise(params: SubjectNoiseParams, ctx: RunContext) -> list[dict]:
 # probing.saliency
 
 
+def _methods(*names: SaliencyMethod) -> list[SaliencyMethod]:
+    return list(names)
+
+
+def _baselines(*names: Baseline) -> list[Baseline]:
+    return list(names)
+
+
 class SaliencyParams(TaskParams):
     model: str = "tiny-gpt2-facts"
     questions: list[str] = Field(default_factory=lambda: DEFAULT_QUESTIONS[:3])
     # per question, the answer text whose FIRST token is the target (give the leading space: " Paris");
     # None: the model's greedy next token
     answers: list[str] | None = None
-    methods: list[Literal["gradient_x_input", "integrated_gradients", "norm", "input_x_gradient",
-                          "gradient_shap"]] = Field(default_factory=lambda: ["gradient_x_input", "integrated_gradients"])
-    baselines: list[Literal["bos", "eos", "zero", "unk"]] = Field(default_factory=lambda: ["bos", "eos", "zero"])  # integrated_gradients only
+    methods: list[SaliencyMethod] = Field(default_factory=lambda: _methods("gradient_x_input", "integrated_gradients"))
+    # integrated_gradients only
+    baselines: list[Baseline] = Field(default_factory=lambda: _baselines("bos", "eos", "zero"))
     n_steps: int = Field(50, ge=2)
     swap: SwapSpec | None = None  # also attribute with these input embeddings swapped (output layer kept)
 
@@ -282,10 +299,11 @@ def saliency(params: SaliencyParams, ctx: RunContext) -> list[dict]:
                     for baseline in (params.baselines if method == "integrated_gradients" else [None]):
                         scores = compute.token_saliency(model, tokenizer, ids, target, method, baseline,
                                                         n_steps=params.n_steps, seed=ctx.seed)
-                        for pos, (piece, score) in enumerate(zip(pieces, scores.tolist())):
-                            rows.append({"question_index": qi, "question": question, "target": tokenizer.decode([target]),
-                                         "p_target": p_target, "condition": condition, "method": method,
-                                         "baseline": baseline, "position": pos, "token": piece, "score": score})
+                        for pos, (piece, score) in enumerate(zip(pieces, scores.tolist(), strict=True)):
+                            rows.append({"question_index": qi, "question": question,
+                                         "target": tokenizer.decode([target]), "p_target": p_target,
+                                         "condition": condition, "method": method, "baseline": baseline,
+                                         "position": pos, "token": piece, "score": score})
     return _uniform(rows)
 
 

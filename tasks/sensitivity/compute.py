@@ -294,13 +294,18 @@ def sensitivity(fmap: FeatureMap, X: torch.Tensor, noise_seeds: list[int], *, lr
         noise = torch.stack([gaussian((d,), child_seed(s, 3, i), X.device) for s in noise_seeds])  # (R, d)
         start = X[:, i] + init_noise * noise
         centre = X[:, i] if ball_center == "x0" else start
-        z = projected_descent(lambda z: -torch.sqrt(torch.mean((f(z) - phi) ** 2, dim=-1)), start, centre,
-                              math.sqrt(d), lr, steps)
+
+        def objective(z: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor] = f,
+                      phi: torch.Tensor = phi) -> torch.Tensor:
+            return -torch.sqrt(torch.mean((f(z) - phi) ** 2, dim=-1))
+
+        z = projected_descent(objective, start, centre, math.sqrt(d), lr, steps)
         with torch.no_grad():
             S = torch.linalg.vector_norm(f(z) - phi, dim=-1) / norm
             moved = torch.linalg.vector_norm(z - X[:, i], dim=-1) / math.sqrt(d)
         for r in range(R):
-            if best[r] is None or float(S[r]) > best[r].S:
+            current = best[r]
+            if current is None or float(S[r]) > current.S:
                 best[r] = Sensitivity(float(S[r]), float(norm[r]), i, float(moved[r]))
     return best  # type: ignore[return-value]
 
@@ -392,7 +397,7 @@ def generalisation(fmap: FeatureMap, Xs: torch.Tensor, Y: torch.Tensor, x: torch
     """
     if fmap.R != 1:
         raise ValueError(f"generalisation takes a map with one draw of weights, got R={fmap.R}")
-    n, d = x.shape
+    _n, d = x.shape
     feats = fmap.features(torch.cat([x[None], Xs])[None])[0]  # (N + 1, k): one pass over the weights
     phi, Phi = feats[0], feats[1:]
     rows = RowSpace.of(Phi)

@@ -36,14 +36,14 @@ def plot_sensitivity(df: Any, path: str | Path) -> Path:
         raise ValueError("no sensitivity rows to plot")
     groups = [g for g in SENSITIVITY_GROUPS if g in df.columns and df[g].nunique(dropna=False) > 1]
     fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], maps):
+    for ax, name in zip(axes[0], maps, strict=True):
         part = df[df["map"] == name]
         reference = name in ("rf", "drf")
         for key, sub in part.groupby(groups, dropna=False) if groups else [((), part)]:
             stats = sub.groupby("n")["S"].agg(["mean", "std", "count"]).reset_index()
             err = stats["std"].fillna(0) / stats["count"].pow(0.5)
             key = key if isinstance(key, tuple) else (key,)
-            label = ", ".join(f"{g}={v}" for g, v in zip(groups, key)) or name
+            label = ", ".join(f"{g}={v}" for g, v in zip(groups, key, strict=True)) or name
             ax.errorbar(stats["n"], stats["mean"], yerr=err, marker="o", ms=3, capsize=2, label=label)
             if reference and len(stats):  # once per panel: S proportional to n^(-1/2)
                 n0, s0 = float(stats["n"].iloc[0]), float(stats["mean"].iloc[0])
@@ -97,7 +97,8 @@ def decay_ratios(df: Any) -> Any:
     for key, sub in df.groupby(groups, dropna=False):
         means = sub.groupby("n")["S"].mean()
         key = key if isinstance(key, tuple) else (key,)
-        out.append({**dict(zip(groups, key)), "n_min": int(means.index.min()), "n_max": int(means.index.max()),
+        out.append({**dict(zip(groups, key, strict=True)),
+                    "n_min": int(means.index.min()), "n_max": int(means.index.max()),
                     "S_n_min": float(means.iloc[0]), "S_n_max": float(means.iloc[-1]),
                     "ratio": float(means.iloc[-1] / means.iloc[0])})
     return pd.DataFrame(out)

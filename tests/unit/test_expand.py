@@ -14,8 +14,8 @@ import pytest
 
 from orchestrator.errors import SpecError
 from orchestrator.expand import DEFAULT_MAX_RUNS, MAX_COUNTING_STATES, check_run_limit, parse_params
-from orchestrator.runs import make_run_id
 from orchestrator.plan import build_plan
+from orchestrator.runs import make_run_id
 from orchestrator.spec import SpecSource, load_spec
 
 

@@ -35,7 +35,7 @@ def test_ties_break_on_params_not_on_order() -> None:
 
 
 def test_min_mode_nan_and_infeasible() -> None:
-    trials = TRIALS + [Trial("e", {"lr": 1.0}, {"success": math.nan, "degradation": 0.0})]
+    trials = [*TRIALS, Trial("e", {"lr": 1.0}, {"success": math.nan, "degradation": 0.0})]
     assert select_best(trials, "success", "min", [])[0].run_id == "d"
     assert select_best(trials, "success", "max", [parse_constraint("degradation < 0")]) == (None, 0)
 

@@ -73,5 +73,5 @@ def attribute(
     return [
         Attribution(fn(model, ids, int(y), tokenizer=tokenizer, normalization=normalization, seed=seed + i,
                        internal_batch_size=internal_batch_size).cpu())
-        for i, (ids, y) in enumerate(zip(prefixes, targets))
+        for i, (ids, y) in enumerate(zip(prefixes, targets, strict=True))
     ]

@@ -14,10 +14,8 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     cached = getattr(model, "_attr_logits_to_keep", None)
     if cached is None:
         cached = "logits_to_keep" in inspect.signature(model.forward).parameters
-        try:
+        with contextlib.suppress(AttributeError):
             model._attr_logits_to_keep = cached
-        except AttributeError:
-            pass
     return cached
 
 

@@ -80,7 +80,7 @@ class ReagentResult:
 
 
 def _keep_n(cfg: ReagentConfig, length: int) -> int:
-    return cfg.keep_top_n if cfg.keep_top_n > 0 else int(math.ceil(cfg.keep_ratio * length))
+    return cfg.keep_top_n if cfg.keep_top_n > 0 else math.ceil(cfg.keep_ratio * length)
 
 
 @lru_cache(maxsize=256)
@@ -112,7 +112,7 @@ def _bucketed_last_logits(model: Any, ids: torch.Tensor, last: torch.Tensor, ove
     order = torch.argsort(lengths)
     sorted_len = lengths[order]
     values, n_rows = torch.unique_consecutive(sorted_len, return_counts=True)
-    counts = tuple(zip(values.tolist(), n_rows.tolist()))
+    counts = tuple(zip(values.tolist(), n_rows.tolist(), strict=True))
     ends = _plan_buckets(counts, overhead)
     if len(ends) == 1:
         return last_logits(model, last, input_ids=ids[:, : int(lengths.max())])
@@ -128,6 +128,7 @@ def _bucketed_last_logits(model: Any, ids: torch.Tensor, last: torch.Tensor, ove
             out = logits.new_empty((len(ids), logits.shape[-1]))
         out[rows] = logits
         start = stop
+    assert out is not None, "no rows"  # ends is never empty for rows
     return out
 
 

@@ -45,7 +45,8 @@ class UniformSampler:
 
     def __init__(self, tokenizer: Any, device: str | torch.device = "cpu") -> None:
         vocab = len(tokenizer)
-        excluded = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id} - {None}
+        excluded = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id,
+                    tokenizer.pad_token_id} - {None}
         keep = torch.ones(vocab, dtype=torch.bool)
         keep[list(excluded)] = False
         self.available = torch.arange(vocab)[keep].to(device)  # (n_available,)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.attribution.ops import METHODS, attribute
-from tasks.attribution.ops import gradients
+from tasks.attribution.ops import METHODS, attribute, gradients
 from tasks.attribution.ops.attention import attention_maps, attention_row
 from tasks.attribution.ops.reagent import ReagentConfig
 from tasks.attribution.ops.samplers import UniformSampler
@@ -24,7 +23,7 @@ def test_one_finite_score_per_token(method, arch, tiny_lm, tiny_llama):
     out = attribute(method, model, tok, prefixes, [5, 77], sampler=UniformSampler(tok),
                     reagent_config=ReagentConfig(max_steps=20, num_probes=3, keep_top_n=2),
                     generator=torch.Generator().manual_seed(0))
-    for a, ids in zip(out, prefixes):
+    for a, ids in zip(out, prefixes, strict=True):
         assert a.scores.shape == (len(ids),)
         assert torch.isfinite(a.scores).all()
         assert (a.scores >= 0).all()
@@ -53,7 +52,7 @@ def _per_token(attr):  # inseq aggregation: L2 over hidden, then divide by the s
 
 def test_norm_matches_autograd(tiny_lm):
     # invariant: norm = softmax over positions of ||d log p(y) / d E_i||
-    model, tok = tiny_lm
+    model, _tok = tiny_lm
     e = _embeds(model, IDS)
     expected = _grad(model, e, 5, log=True)[0].norm(dim=-1).double().softmax(-1).float()
     got = gradients.norm(model, torch.tensor(IDS), 5)
@@ -79,7 +78,7 @@ def test_integrated_gradients_matches_gauss_legendre(tiny_lm):
     e, b = _embeds(model, IDS), _baseline(model, tok)
     nodes, weights = np.polynomial.legendre.leggauss(50)
     total = torch.zeros_like(e)
-    for a, w in zip((nodes + 1) / 2, weights / 2):
+    for a, w in zip((nodes + 1) / 2, weights / 2, strict=True):
         total += float(w) * _grad(model, b + float(a) * (e - b), 5)
     expected = _per_token((e - b) * total)
     got = gradients.integrated_gradients(model, torch.tensor(IDS), 5, tokenizer=tok)

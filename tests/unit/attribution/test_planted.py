@@ -38,7 +38,7 @@ def _scores(method, copy_lm, planted, normalization="original"):
 def _mean_soft_ns(copy_lm, planted, attrs):
     gen = torch.Generator().manual_seed(2)
     own, rnd = [], []
-    for ids, a in zip(planted[0], attrs):
+    for ids, a in zip(planted[0], attrs, strict=True):
         m, r = soft_metrics(copy_lm.model, ids, [a.scores, random_scores(len(ids), gen)], gen)
         own.append(m.soft_ns)
         rnd.append(r.soft_ns)
@@ -69,4 +69,4 @@ def test_reagent_finds_the_marked_token(copy_lm, planted):
     _, _, marked = planted
     attrs = _scores("reagent", copy_lm, planted)
     top = [int(a.scores[:-1].argmax()) for a in attrs]  # the query (last) position is needed too
-    assert np.mean([t == m for t, m in zip(top, marked)]) >= 0.7
+    assert np.mean([t == m for t, m in zip(top, marked, strict=True)]) >= 0.7

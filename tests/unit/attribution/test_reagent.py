@@ -55,7 +55,7 @@ def test_batched_targets_match_shapes_and_are_seeded(tiny_lm):
     cfg = ReagentConfig(max_steps=30, num_probes=3, keep_top_n=2)
     a = reagent(model, prefixes, [5, 6, 7], UniformSampler(tok), cfg, torch.Generator().manual_seed(1))
     b = reagent(model, prefixes, [5, 6, 7], UniformSampler(tok), cfg, torch.Generator().manual_seed(1))
-    for ra, rb, p in zip(a, b, prefixes):
+    for ra, rb, p in zip(a, b, prefixes, strict=True):
         assert ra.scores.shape == (len(p),) and ra.probe_scores.shape == (3, len(p))
         torch.testing.assert_close(ra.scores, rb.scores)
 
@@ -112,7 +112,7 @@ def test_tag_map_from_file_and_cache(tiny_lm, tmp_path):
     assert used == "coarse" and sorted(i for ids in coarse.values() for i in ids) == list(range(len(tok)))
     again, _ = load_tag_map(tok, tagger="coarse")
     assert again == coarse
-    sampler, label = make_sampler("pos", None, tok, pos_tagger="auto")
+    _sampler, label = make_sampler("pos", None, tok, pos_tagger="auto")
     assert label in ("pos:coarse", "pos:nltk")
 
 

@@ -39,7 +39,8 @@ def reference_reagent(model, ids, y, sampler, cfg, gen):
         d = torch.where(replace, delta, -delta)
         s = torch.where(stop[:, None], s, s + torch.logit(d * 0.5 + 0.5, eps=1e-7))
         w = s.softmax(-1)
-        keep = torch.zeros(B, L, dtype=torch.bool).scatter(1, w.argsort(dim=1, descending=True)[:, : cfg.keep_top_n], True)
+        keep = torch.zeros(B, L, dtype=torch.bool).scatter(1, w.argsort(dim=1, descending=True)[:, : cfg.keep_top_n],
+                                                           True)
         u = torch.where(keep, x, draw(rows, gen))
         top = model(input_ids=u).logits[:, -1].argsort(dim=-1, descending=True)[:, : cfg.stop_top_k]
         stop |= (top == y).any(-1)

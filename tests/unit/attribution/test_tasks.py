@@ -19,7 +19,8 @@ ROW_COLUMNS = {"example_text", "target_token", "method", "soft_ns", "soft_nc", "
 
 def test_parse_analogies_pairs():
     # invariant: each question gives two pairs; duplicates dropped, first-seen order kept
-    lines = [": capital-world", "Athens Greece Baghdad Iraq", "Athens Greece Cairo Egypt", ": family", "boy girl king queen"]
+    lines = [": capital-world", "Athens Greece Baghdad Iraq", "Athens Greece Cairo Egypt", ": family",
+             "boy girl king queen"]
     parsed = data.parse_analogies(lines)
     assert parsed == {"capital-world": [("Athens", "Greece"), ("Baghdad", "Iraq"), ("Cairo", "Egypt")],
                       "family": [("boy", "girl"), ("king", "queen")]}
@@ -85,7 +86,7 @@ def test_analogies_task_rows(method):
               max_examples=2, **FAST)
     rows, ctx = _run("attribution.analogies", **kw)
     again, _ = _run("attribution.analogies", **kw)
-    assert len(rows) == 2 and ROW_COLUMNS <= set(rows[0])
+    assert len(rows) == 2 and set(rows[0]) >= ROW_COLUMNS
     assert all(r["method"] == method for r in rows)
     for r in rows:
         assert all(math.isfinite(r[m]) for m in ("soft_ns", "soft_nc", "random_soft_ns", "random_soft_nc"))
@@ -125,7 +126,7 @@ def test_sequence_task_rows():
     # invariant: stride 2 over 4 new tokens scores generated positions 0 and 2 of each prompt
     rows, _ = _run("attribution.sequence", method="reagent", max_prompts=2, max_new_tokens=4, stride=2, **FAST)
     assert [(r["prompt_id"], r["target_index"]) for r in rows] == [(0, 0), (0, 2), (1, 0), (1, 2)]
-    assert ROW_COLUMNS <= set(rows[0]) and rows[0]["generated_text"].startswith(rows[0]["example_text"][:5])
+    assert set(rows[0]) >= ROW_COLUMNS and rows[0]["generated_text"].startswith(rows[0]["example_text"][:5])
 
 
 def test_sequence_original_attention_is_inseq_last_layer():
@@ -180,8 +181,8 @@ def test_planted_task_finds_the_answer(monkeypatch, copy_lm, tmp_path):
     # random on Soft-NS, while softmaxed attention does not find it as often
     from tasks.attribution import task as task_module
 
-    monkeypatch.setattr(task_module, "load", lambda params, ctx: {"model": copy_lm.model, "tokenizer": copy_lm.tokenizer,
-                                                                   "samplers": {}})
+    monkeypatch.setattr(task_module, "load",
+                        lambda params, ctx: {"model": copy_lm.model, "tokenizer": copy_lm.tokenizer, "samplers": {}})
     td = get_task("attribution.planted")
     out = {}
     for method in ("reagent", "attention"):

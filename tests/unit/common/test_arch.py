@@ -91,7 +91,7 @@ def test_errors_name_the_problem(tiny_models):
     class Fake(torch.nn.Module):
         config = Config()
 
-    with pytest.raises(arch.UnsupportedArchitectureError, match="'mamba'.*supported model types: bert, gemma, gpt2"):
+    with pytest.raises(arch.UnsupportedArchitectureError, match=r"'mamba'.*supported model types: bert, gemma, gpt2"):
         arch.layers(Fake())
     with pytest.raises(IndexError, match="layer index 2 out of range for a model with 2 layers"):
         arch.mlp(tiny_models["gpt2"], 2)

@@ -56,7 +56,8 @@ def test_ncd_is_the_gzip_formula():
     g = lambda s: len(gzip.compress(s.encode()))  # noqa: E731
     assert compute.ncd(x, y) == (g(x + " " + y) - min(g(x), g(y))) / max(g(x), g(y))
     texts = [x, y, "a completely different sentence here"]
-    expected = np.mean([np.mean([compute.ncd(a, b) for j, b in enumerate(texts) if j != i]) for i, a in enumerate(texts)])
+    expected = np.mean([np.mean([compute.ncd(a, b) for j, b in enumerate(texts) if j != i])
+                        for i, a in enumerate(texts)])
     assert compute.average_pairwise_ncd(texts) == pytest.approx(expected)
     assert compute.ncd(x, x) < compute.ncd(x, y)
 
@@ -64,7 +65,8 @@ def test_ncd_is_the_gzip_formula():
 def test_compression_ratios_hand_case_and_empty_text():
     texts = ["aaaa bbbb", "cccc dddd", "aaaa bbbb"]
     rho = lambda s: len(gzip.compress(s.encode())) / len(s.encode())  # noqa: E731
-    full = np.mean([rho(" ".join(texts[:i] + texts[i + 1 :])) - rho(" ".join(texts[:i] + texts[i + 1 :] + [texts[i]])) for i in range(3)])
+    full = np.mean([rho(" ".join(texts[:i] + texts[i + 1 :])) - rho(" ".join(texts[:i] + texts[i + 1 :] + [texts[i]]))
+                    for i in range(3)])
     target = np.mean([rho(texts[i]) - rho(" ".join(texts[:i] + texts[i + 1 :] + [texts[i]])) for i in range(3)])
     assert compute.avg_compression_ratio_full(texts) == pytest.approx(full)
     assert compute.avg_compression_ratio_target(texts) == pytest.approx(target)
@@ -109,7 +111,8 @@ def test_identical_and_disjoint_sets():
     # notes 7: 25 identical texts of 4+ words: Jaccard 1, self-BLEU 1, cosine 1, Vendi 1, D_q 1
     same = ["the cat sat on the mat"] * 25
     m = compute.diversity_metrics(same, embeddings=np.ones((25, 3)))
-    for key in ("average_pairwise_jaccard_2", "selfBleuSmoothed", "cosine_similarity", "vendi_jaccard_2", "vendi_cosine"):
+    for key in ("average_pairwise_jaccard_2", "selfBleuSmoothed", "cosine_similarity", "vendi_jaccard_2",
+                "vendi_cosine"):
         assert m[key] == pytest.approx(1.0), key
     for q in (2, 3, 4, 5, 6):
         assert m[f"order_{q}_jaccard_2"] == pytest.approx(1.0)
@@ -153,7 +156,8 @@ def test_self_bleu_on_shipped_completions_matches_nltk():
         texts = [compute.limit_num_words(t, cap) for t in cells[0]]
         assert compute.self_bleu(texts) == pytest.approx(expected, abs=1e-12)
     dpo = read_completions(SHIPPED, model="pythia-2.8b-dpo", mode="creative", temperature=1.0)
-    assert compute.self_bleu([compute.limit_num_words(t, 20) for t in dpo[3]]) == pytest.approx(0.19521427195214133, abs=1e-12)
+    assert compute.self_bleu([compute.limit_num_words(t, 20) for t in dpo[3]]) == pytest.approx(0.19521427195214133,
+                                                                                               abs=1e-12)
 
 
 @needs_data

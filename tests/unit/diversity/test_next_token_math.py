@@ -135,9 +135,10 @@ def test_stats_positions_all_recounts_the_last_window():
     assert s_pred["perplexity"] == pytest.approx(s_all["perplexity"])  # log-probs are exact either way
 
     def mean_dist(inputs):  # the echo model's mean next-token distribution over these input tokens
-        return torch.softmax(torch.nn.functional.one_hot(torch.tensor(inputs), v).float() * 3, -1).double().mean(0).numpy()
+        return torch.softmax(torch.nn.functional.one_hot(torch.tensor(inputs), v).float() * 3,
+                             -1).double().mean(0).numpy()
 
-    first, second = [0] + ids[:7], ids[7:15]
+    first, second = [0, *ids[:7]], ids[7:15]
     np.testing.assert_allclose(pbar_pred, (mean_dist(first) + mean_dist(second) + mean_dist(ids[15:19])) / 3, rtol=1e-6)
     np.testing.assert_allclose(pbar_all, (mean_dist(first) + mean_dist(second) + mean_dist(ids[11:19])) / 3, rtol=1e-6)
 
@@ -171,7 +172,7 @@ def test_mean_probs_flush_every_drops_trailing_documents():
     _, full, pbar_full = compute.next_token_statistics(model, docs, 5, 0, 8)
     options = compute.NextTokenOptions(mean_probs_flush_every=2)
     _, flushed, pbar_flushed = compute.next_token_statistics(model, docs, 5, 0, 8, options=options)
-    _, first3, pbar_first3 = compute.next_token_statistics(model, docs[:3], 5, 0, 8)
+    _, _first3, pbar_first3 = compute.next_token_statistics(model, docs[:3], 5, 0, 8)
     assert full["mean_probs_windows"] == 4 and flushed["mean_probs_windows"] == 3
     np.testing.assert_allclose(pbar_flushed, pbar_first3)
     assert not np.allclose(pbar_flushed, pbar_full)

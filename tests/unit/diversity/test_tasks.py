@@ -61,7 +61,8 @@ def test_cached_sampling_equals_full_recompute(tiny_pair):
 
 def test_completions_are_seeded_by_the_run(tiny_pair):
     # same ctx.seed: same texts; another seed: other texts; a prompt's samples do not depend on the others
-    params = CompletionsParams(model=str(tiny_pair["base"]), prompt_set="creative", n_samples=4, batch_size=3, max_new_tokens=8)
+    params = CompletionsParams(model=str(tiny_pair["base"]), prompt_set="creative", n_samples=4, batch_size=3,
+                               max_new_tokens=8)
     rows_a, ctx_a = call(completions, params, load_lm, seed=11)
     rows_b, _ = call(completions, params, load_lm, seed=11)
     rows_c, _ = call(completions, params, load_lm, seed=12)
@@ -82,7 +83,7 @@ def test_next_token_task_batching_and_padding(tiny_pair):
     one, _ = call(next_token, NextTokenParams(model=model, max_docs=6, batch_size=1, max_length=24), load_lm)
     many, ctx = call(next_token, NextTokenParams(model=model, max_docs=6, batch_size=5, max_length=24), load_lm)
     assert [r["level"] for r in many] == ["document"] * 6 + ["model"]
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         for key in ("perplexity", "entropy", "confidence", "top1_accuracy"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
     pbar = np.load(ctx.artifact_dir / "mean_probs.npy")
@@ -99,10 +100,12 @@ def test_next_token_task_batching_and_padding(tiny_pair):
 
 
 def test_output_diversity_reads_upstream_and_embeds(tiny_pair, tiny_encoder):
-    comp_params = CompletionsParams(model=str(tiny_pair["base"]), prompt_set="factual", n_samples=6, max_new_tokens=10, max_prompts=2)
+    comp_params = CompletionsParams(model=str(tiny_pair["base"]), prompt_set="factual", n_samples=6, max_new_tokens=10,
+                                    max_prompts=2)
     _, comp_ctx = call(completions, comp_params, load_lm, seed=3)
     upstream = {"completions": [Upstream("completions", "r1", comp_params.model_dump(), comp_ctx.artifact_dir)]}
-    params = OutputDiversityParams(model=comp_params.model, prompt_set="factual", embedder=str(tiny_encoder), max_num_words=5)
+    params = OutputDiversityParams(model=comp_params.model, prompt_set="factual", embedder=str(tiny_encoder),
+                                   max_num_words=5)
     rows, _ = call(output_diversity, params, load_embedder, upstream=upstream)
     assert [r["prompt_index"] for r in rows] == [0, 1]
     assert all(r["n_texts"] == 6 and r["mean_words"] <= 5 for r in rows)
@@ -125,12 +128,14 @@ def test_must_show_narrow_finetuning_collapses_diversity_and_entropy(tiny_pair):
         rows, _ = call(next_token, NextTokenParams(model=str(path), per_document=False), load_lm)
         entropy[name] = rows[-1]["entropy"]
         for temperature in (0.7, 1.0, 1.3):
-            comp = CompletionsParams(model=str(path), prompt_set="creative", temperature=temperature, n_samples=10, max_new_tokens=24)
+            comp = CompletionsParams(model=str(path), prompt_set="creative", temperature=temperature, n_samples=10,
+                                     max_new_tokens=24)
             _, comp_ctx = call(completions, comp, load_lm, seed=1)
             upstream = {"completions": [Upstream("completions", "r", comp.model_dump(), comp_ctx.artifact_dir)]}
             div = OutputDiversityParams(model=str(path), temperature=temperature, embedder=None, order_q=(2,))
             rows, _ = call(output_diversity, div, load_embedder, upstream=upstream)
-            diversity[name, temperature] = {k: np.mean([r[k] for r in rows]) for k in ("distinct_2", "vendi_jaccard_2", "selfBleuSmoothed")}
+            diversity[name, temperature] = {k: np.mean([r[k] for r in rows])
+                                            for k in ("distinct_2", "vendi_jaccard_2", "selfBleuSmoothed")}
     assert entropy["narrow"] < entropy["base"] - 1.0, entropy
     for temperature in (0.7, 1.0, 1.3):
         base, narrow = diversity["base", temperature], diversity["narrow", temperature]

@@ -188,7 +188,8 @@ def planted(_one_torch_thread):
         p.requires_grad_(True)  # as a loaded model: the tasks must not rely on frozen parameters
     with torch.no_grad():
         ids, last_pos, answers = batch(0.0)
-        accuracy = (model(input_ids=ids).logits[torch.arange(len(answers)), last_pos].argmax(-1) == answers).float().mean()
+        accuracy = (model(input_ids=ids).logits[torch.arange(len(answers)), last_pos].argmax(-1)
+                    == answers).float().mean()
     assert accuracy >= 0.99, f"planted model only reached accuracy {accuracy:.2f}"
     return Planted(model, tokenizer, facts, layer, filler)
 

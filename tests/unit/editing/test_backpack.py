@@ -102,7 +102,7 @@ def test_logits_equal_independent_recomputation(world):
 def test_save_and_load_roundtrip(world, tmp_path):
     model, tokenizer, *_ = world
     save_backpack(model, tmp_path, tokenizer)
-    loaded, tok = load_backpack(str(tmp_path))
+    loaded, _tok = load_backpack(str(tmp_path))
     ids = torch.tensor([tokenizer("n1 lives in")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -255,7 +255,7 @@ def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_
     from tasks.editing.ensemble import EnsembleLM, search_beta
 
     _, tokenizer, general, _ = world
-    trained, _, _, _, _, data, sets = sense_edit
+    trained, _, _, _, _, _data, sets = sense_edit
     chunks = compute.encode_texts(tokenizer, general, 64)
     large_alone = evaluation.evaluate(large_lm, tokenizer, sets, "cpu")
     results = {}
@@ -338,10 +338,13 @@ def world_data(world, tmp_path_factory):
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records))
 
     for split in ("val", "test"):
-        write(f"country_capital_fixed-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.train] * 10)
-        write(f"country_capital_clear_eval-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.eval])
+        write(f"country_capital_fixed-{split}.jsonl",
+              [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.train] * 10)
+        write(f"country_capital_clear_eval-{split}.jsonl",
+              [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.eval])
         write(f"country_capital_unconditional-{split}.jsonl", [{"text": t} for t in data.targeted])
-        write(f"country_capital_hard_neg-{split}.jsonl", [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.hard_negative])
+        write(f"country_capital_hard_neg-{split}.jsonl",
+              [{"prefix": e.prefix, "suffix": e.suffixes[0]} for e in data.hard_negative])
     general_path = root / "general.jsonl"
     general_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in general * 2))
     return root, general_path

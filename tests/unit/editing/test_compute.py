@@ -37,7 +37,8 @@ def test_verdict_uses_summed_nll_and_loss_uses_mean_nll():
     length = torch.tensor([[2.0]])
     assert compute.canonical_loss(n, length, "good").item() == pytest.approx(math.log(2))
     assert compute.example_success(n.numpy(), "good", DATASETS["country"].threshold).tolist() == [True]
-    assert compute.example_success(np.array([[3 * math.log(2)]]), "good", DATASETS["country"].threshold).tolist() == [False]
+    assert compute.example_success(np.array([[3 * math.log(2)]]), "good",
+                                   DATASETS["country"].threshold).tolist() == [False]
 
 
 def test_canonical_losses_against_numpy():

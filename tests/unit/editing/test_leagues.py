@@ -31,7 +31,8 @@ PAPER = {
 def test_gptj_table_reproduced_exactly():
     table = report.league_table(report.original_gptj_summary(GPTJ), methods=("full", "lora", "ensemble"))
     assert list(table.index) == list(PAPER)
-    assert list(table.columns) == ["initial"] + [f"{e:g} {m}" for e in (1e-3, 1e-4, 1e-5) for m in ("full", "lora", "ensemble")]
+    assert list(table.columns) == ["initial"] + [f"{e:g} {m}" for e in (1e-3, 1e-4, 1e-5)
+                                                 for m in ("full", "lora", "ensemble")]
     rounded = table.round(1)
     for task, expected in PAPER.items():
         assert rounded.loc[task].tolist() == expected, (task, rounded.loc[task].tolist())

@@ -67,7 +67,7 @@ def test_memit_edits_several_facts_at_once_and_unrelated_prompts_barely_move(mem
     own_before = [_probs(model, tok, f"{s} lives in")[vocab[c]].item() for s, c in others]
     with memit.applied_deltas(model, result.deltas):
         shifted = []
-        for req, (subject, old) in zip(requests, edited):
+        for req, (subject, old) in zip(requests, edited, strict=True):
             p = _probs(model, tok, f"{subject} lives in")
             assert p[vocab[req.target]] > p[vocab[old]], (subject, req.target)
             p = _probs(model, tok, f"the a . {subject} lives in")  # a prefix not among the templates

@@ -69,9 +69,10 @@ def test_rome_table_means_per_layer():
 
 def test_row_columns_never_reuse_parameter_names(planted_trace):
     # the orchestrator refuses a row column named like a parameter with another value
-    from tasks.editing.task import CausalTraceParams, FinetuneParams
-    from tasks.editing.evaluation import EvalResult, comparison_rows
     import numpy as np
+
+    from tasks.editing.evaluation import EvalResult, comparison_rows
+    from tasks.editing.task import CausalTraceParams, FinetuneParams
 
     result = EvalResult(np.zeros((1, 1)), np.zeros(1, bool), np.zeros(1), 1.0, 1.0, 3)
     finetune_columns = {k for row in comparison_rows(result, result, "good") for k in row}

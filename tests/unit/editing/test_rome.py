@@ -19,7 +19,8 @@ def test_rank_one_update_maps_the_key_to_v_star():
     g = torch.Generator().manual_seed(0)
     D, d = 12, 5
     W = torch.randn(D, d, generator=g, dtype=torch.float64)  # (in, out) layout
-    C = (lambda A: A @ A.T + 0.1 * torch.eye(D, dtype=torch.float64))(torch.randn(D, D, generator=g, dtype=torch.float64))
+    C = (lambda A: A @ A.T + 0.1 * torch.eye(D, dtype=torch.float64))(
+        torch.randn(D, D, generator=g, dtype=torch.float64))
     k_bar, k_b, v_star = (torch.randn(n, generator=g, dtype=torch.float64) for n in (D, D, d))
     u = torch.linalg.solve(C, k_bar)
     u = u / u.norm()
@@ -80,9 +81,8 @@ def test_inserted_update_maps_the_bare_prompt_to_v_star_and_is_undone(tiny_lm, a
         assert torch.allclose(value[0], update.v_star, atol=1e-4, rtol=1e-4)
         assert not torch.equal(weight, original)
     assert torch.equal(weight, original)
-    with pytest.raises(RuntimeError, match="boom"):
-        with rome.applied_update(model, update):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), rome.applied_update(model, update):
+        raise RuntimeError("boom")
     assert torch.equal(weight, original)
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
 
@@ -163,7 +163,7 @@ def test_rome_edit_leaves_every_other_subject_alone(planted_edit, planted):
     before = own_answers()
     with rome.applied_update(model, update):
         after = own_answers()
-    changes = [abs(a[0] - b[0]) for a, b in zip(after, before)]
+    changes = [abs(a[0] - b[0]) for a, b in zip(after, before, strict=True)]
     assert sum(changes) / len(changes) < 0.01  # measured ~0.001
     assert all(kept for _, kept in after)
 

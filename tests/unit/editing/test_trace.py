@@ -77,7 +77,8 @@ def test_rows_are_a_layer_by_token_grid_per_site(planted_trace, planted):
     n_layers = planted.model.config.n_layer
     assert len(cells) == 8 * 3 * 4 * n_layers  # facts x sites x tokens x layers
     first = [r for r in cells if r["fact_index"] == 0 and r["site"] == "mlp"]
-    assert sorted((r["token_index"], r["layer"]) for r in first) == [(t, l) for t in range(4) for l in range(n_layers)]
+    assert sorted((r["token_index"], r["layer"]) for r in first) == [(t, layer) for t in range(4)
+                                                                          for layer in range(n_layers)]
     assert [r["is_subject"] for r in first if r["layer"] == 0] == [True, True, False, False]
     assert all(r["indirect_effect"] == pytest.approx(r["p_restored"] - r["p_corrupted"]) for r in cells)
     assert {r["restore_window"] for r in cells if r["site"] == "hidden"} == {1}

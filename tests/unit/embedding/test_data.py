@@ -14,8 +14,8 @@ def words(texts):
 def test_balanced_splits_and_length_filter():
     ts = build_text_set("synthetic", 11, 6, words, max_tokens=20, seed=1)
     assert len(ts) == 17 and ts.splits.count("train") == 11
-    train = [y for y, s in zip(ts.labels, ts.splits) if s == "train"]
-    test = [y for y, s in zip(ts.labels, ts.splits) if s == "test"]
+    train = [y for y, s in zip(ts.labels, ts.splits, strict=True) if s == "train"]
+    test = [y for y, s in zip(ts.labels, ts.splits, strict=True) if s == "test"]
     assert (train.count(1), train.count(-1)) == (6, 5)  # odd size: one more positive
     assert (test.count(1), test.count(-1)) == (3, 3)
     assert all(k < 20 for k in words(ts.texts)) and ts.token_counts == words(ts.texts)
@@ -63,7 +63,7 @@ def test_source_errors(tmp_path):
         list(iter_source(str(tmp_path / "missing.jsonl")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": "maybe"}\n')
-    with pytest.raises(ValueError, match="label='maybe'|label=.maybe."):
+    with pytest.raises(ValueError, match=r"label='maybe'|label=.maybe."):
         list(iter_source(str(bad)))
     with pytest.raises(ValueError, match="need 3 and 3"):
         build_text_set("synthetic", 6, 0, words, max_tokens=2)  # nothing is that short

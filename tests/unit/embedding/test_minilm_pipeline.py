@@ -5,8 +5,7 @@ import pytest
 
 from orchestrator.context import Upstream, local_context
 from tasks.embedding.task import HiddenStatesParams, hidden_states
-from tasks.sensitivity.task import (GeneralisationParams, WordSensitivityParams, generalisation,
-                                    word_sensitivity)
+from tasks.sensitivity.task import GeneralisationParams, WordSensitivityParams, generalisation, word_sensitivity
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_reader_and_upstream_lookup(tiny_bert, tmp_path):
         run_id, artifact_dir = "u", ctx.artifact_dir
 
     assert find_layer([Up()], 1, "embed").path.name == "layer1.safetensors"
-    with pytest.raises(LookupError, match="layer0.safetensors"):
+    with pytest.raises(LookupError, match=r"layer0\.safetensors"):
         find_layer([Up()], 0, "embed")
 
 

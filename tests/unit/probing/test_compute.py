@@ -33,7 +33,10 @@ def test_edited_embeddings_restores_exactly(planted_lm):
     model, _ = planted_lm
     weight = model.get_input_embeddings().weight
     saved = weight.detach().clone()
-    edit = lambda w: compute.noise_rows(w, [3, 5], 1.0, torch.Generator().manual_seed(0))
+
+    def edit(w):
+        return compute.noise_rows(w, [3, 5], 1.0, torch.Generator().manual_seed(0))
+
     with pytest.raises(RuntimeError), compute.edited_embeddings(model, edit):
         assert not torch.equal(weight, saved)
         raise RuntimeError("boom")

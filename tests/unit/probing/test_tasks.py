@@ -67,7 +67,7 @@ def test_noise_lowers_original_answer_monotonically_on_average(planted_lm):
     assert (clean.rank_original == 0).all()
     assert ((clean.p_original - clean.p_clean).abs() < 1e-5).all()  # batched vs single forward: rounding
     assert set(rows.subject) == {"cat", "dog", "bird", "fish"}  # one subject per question, noised alone
-    print("mean p(original answer) by noise scale:", dict(zip(scales, values.round(4))))
+    print("mean p(original answer) by noise scale:", dict(zip(scales, values.round(4), strict=True)))
 
 
 def test_saliency_methods_baselines_and_swap(planted_lm):
@@ -173,7 +173,8 @@ def test_rows_never_reuse_parameter_or_orchestrator_names(planted_lm):
         (t.SubjectNoiseParams(model="planted", questions=["The cat is"], subjects=["cat"], samples=2), t.subject_noise),
         (t.SaliencyParams(model="planted", questions=["The cat is"], n_steps=4,
                           swap=t.SwapSpec(token_a="cat", token_b="dog")), t.saliency),
-        (t.FactInjectionParams(model="planted", question="The mouse is", answer="yellow", max_steps=2), t.fact_injection),
+        (t.FactInjectionParams(model="planted", question="The mouse is", answer="yellow", max_steps=2),
+         t.fact_injection),
     ]
     for params, fn in runs:
         rows = fn(params, _ctx(planted_lm))

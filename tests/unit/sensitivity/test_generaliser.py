@@ -17,7 +17,7 @@ def problem():
 
 
 def test_min_norm_interpolator(problem):
-    Phi, Y, phi, y = problem
+    Phi, Y, _phi, _y = problem
     theta = C.RowSpace.of(Phi).pinv_apply(Y)
     torch.testing.assert_close(Phi @ theta, Y, rtol=0, atol=1e-8)
     np.testing.assert_allclose(theta.numpy(), np.linalg.pinv(Phi.numpy()) @ Y.numpy(), atol=1e-8)
@@ -25,7 +25,7 @@ def test_min_norm_interpolator(problem):
 
 def test_orthogonal_part_without_dense_projector(problem):
     # P_o phi = phi - pinv(Phi) Phi phi equals the dense (I - pinv(Phi) Phi) phi of the original
-    Phi, Y, phi, y = problem
+    Phi, _Y, phi, _y = problem
     P = np.eye(Phi.shape[1]) - np.linalg.pinv(Phi.numpy()) @ Phi.numpy()
     np.testing.assert_allclose(C.RowSpace.of(Phi).orthogonal(phi).numpy(), P @ phi.numpy(), atol=1e-8)
 

@@ -112,7 +112,8 @@ def test_ratio_at_fixed_delta_permutation():
         phi = fmap.features(Xs[None, None])[0, 0]
         Xd = Xs.clone()
         Xd[0] += delta
-        return float(torch.linalg.vector_norm(fmap.features(Xd[None, None])[0, 0] - phi) / torch.linalg.vector_norm(phi))
+        return float(torch.linalg.vector_norm(fmap.features(Xd[None, None])[0, 0] - phi)
+                     / torch.linalg.vector_norm(phi))
 
     raf, rf = C.make_map("raf", n, d, [14]), C.make_map("rf", n, d, [14])
     assert ratio(raf, X) == pytest.approx(ratio(raf, X[perm]), rel=1e-12)
@@ -134,7 +135,7 @@ def test_sensitivity_ratio_at_start_matches_numpy():
     Xd = Xn.copy()
     Xd[0] += 0.1 * noise
     expected = np.linalg.norm(phi(Xd) - phi(Xn)) / np.linalg.norm(phi(Xn))
-    assert res.S == pytest.approx(expected, rel=1e-10)
+    assert res.S == pytest.approx(expected, rel=1e-10)  # noqa: SIM300 - `S` is a field, not a constant
     assert res.norm == pytest.approx(np.linalg.norm(phi(Xn)), rel=1e-12)
     (zero,) = C.sensitivity(fmap, X[None], [seed], lr=1.0, steps=0, init_noise=0.0)
     assert zero.S == 0.0 and zero.delta_norm == 0.0
@@ -179,7 +180,7 @@ def test_repetition_numbers_do_not_depend_on_batch():
     for name in ("rf", "raf"):
         alone = C.sensitivity(C.make_map(name, n, d, seeds[:1]), X[:1], seeds[:1], lr=1.0, steps=25)
         batch = C.sensitivity(C.make_map(name, n, d, seeds), X, seeds, lr=1.0, steps=25)
-        assert batch[0].S == pytest.approx(alone[0].S, rel=1e-9)
+        assert batch[0].S == pytest.approx(alone[0].S, rel=1e-9)  # noqa: SIM300 - `S` is a field, not a constant
 
 
 def test_memory_guard_refuses_huge_drf():

@@ -8,7 +8,8 @@ from tasks.sensitivity.report import generalisation_table, plot_sensitivity
 def test_plot_sensitivity_writes_png(tmp_path):
     rows = [{"map": m, "dataset": ds, "d": 32, "n": n, "L": 1, "S": s / n**0.5 if m == "rf" else s, "rep": r,
              "status": "ok"}
-            for m in ("rf", "raf") for ds in ("synthetic", "upstream") for n in (5, 10, 20) for r, s in enumerate((1.0, 1.2))]
+            for m in ("rf", "raf") for ds in ("synthetic", "upstream") for n in (5, 10, 20)
+            for r, s in enumerate((1.0, 1.2))]
     rows.append({"map": "rf", "n": 5, "S": None, "status": "failed"})
     path = plot_sensitivity(pd.DataFrame(rows), tmp_path / "plots" / "s.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

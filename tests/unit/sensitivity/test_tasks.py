@@ -7,8 +7,7 @@ import torch
 
 from orchestrator.context import Upstream, local_context
 from tasks.embedding.artifacts import write_layer
-from tasks.sensitivity.task import (GeneralisationParams, WordSensitivityParams, generalisation,
-                                    word_sensitivity)
+from tasks.sensitivity.task import GeneralisationParams, WordSensitivityParams, generalisation, word_sensitivity
 
 
 def test_rows_have_the_original_columns():
@@ -85,7 +84,8 @@ def test_upstream_generalisation_uses_distinct_texts(upstream):
 def test_upstream_errors(upstream):
     with pytest.raises(LookupError, match="needs the stage 'embed'"):
         word_sensitivity(WordSensitivityParams(dataset="upstream", layer=3), local_context())
-    with pytest.raises(LookupError, match="layer0.safetensors"):
+    with pytest.raises(LookupError, match=r"layer0\.safetensors"):
         word_sensitivity(WordSensitivityParams(dataset="upstream", layer=0), local_context(upstream=upstream))
     with pytest.raises(ValueError, match="width 16"):
-        word_sensitivity(WordSensitivityParams(dataset="upstream", layer=3, d=32, n=4), local_context(upstream=upstream))
+        word_sensitivity(WordSensitivityParams(dataset="upstream", layer=3, d=32, n=4),
+                         local_context(upstream=upstream))
