@@ -52,7 +52,7 @@ def test_rows_carry_identity_lineage_and_provenance() -> None:
 def test_reserved_and_clashing_columns_become_bad_output() -> None:
     # Invariant: a task may not return an orchestrator column, nor a parameter's name with another value.
     (row,) = result_rows(a_run(x=2), a_result([{"status": "mine"}]), None, "{}")
-    assert (row["status"], row["error_type"]) == (FAILED, BAD_OUTPUT) and "reserved" in row["error"]
+    assert row["status"] == row["error_type"] == BAD_OUTPUT and "reserved" in row["error"]
     (row,) = result_rows(a_run(x=2), a_result([{"x": 3}]), None, "{}")
     assert row["error_type"] == BAD_OUTPUT and "clashing with parameter x=2" in row["error"]
     same = result_rows(a_run(x=2), a_result([{"x": 2, "m": 1}]), None, "{}")
