@@ -22,6 +22,7 @@ from orchestrator.plan import StagePlan, SweepPlan
 from orchestrator.provenance import git_commit, package_versions
 from orchestrator.runs import Run
 from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, ColumnKinds, result_rows
+from orchestrator.select import Trial
 from orchestrator.store import ResultStore, RowWriter, RunState, SweepLock
 from orchestrator.tune import GroupSearch, TrialSource, best_rows, new_study, stored_trials
 
@@ -79,11 +80,10 @@ class StageOutcome:
 # ---------------------------------------------------------------- runs known now
 
 
-def stored_stage_runs(stage: StagePlan, store: ResultStore) -> list[Run]:
-    """The stored runs of a tune stage that belong to today's groups, rebuilt from their rows."""
-    fields = list(stage.task.params.model_fields)
+def trial_runs(stage: StagePlan, trials: list[Trial]) -> list[Run]:
+    """The stored trials of a tune stage that belong to today's groups, as runs."""
     runs: dict[str, Run] = {}
-    for trial in stored_trials(store, stage.name, fields):
+    for trial in trials:
         if any(group.contains(trial.params) for group in stage.groups):
             try:
                 run = stage.make_run(trial.params)
@@ -99,7 +99,7 @@ def known_runs(plan: SweepPlan, store: ResultStore, name: str,
     """The runs of stage `name` as far as they can be known now (None: not until upstream runs exist)."""
     stage = plan.stages[name]
     if stage.kind == "tune":
-        return stored_stage_runs(stage, store)
+        return trial_runs(stage, stored_trials(store, stage.name, list(stage.task.params.model_fields)))
     if stage.kind == "transfer":
         best = store.best_rows(stage.stage.transfer)  # type: ignore[arg-type]
         return stage.transfer_runs(best) if best else None
@@ -254,11 +254,13 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
                     _refuse_foreign_results(store, stage, options.force)
                     runner = StageRun(plan, store, stage, options, progress, resolved, scratch)
                     if stage.kind == "tune":
-                        _run_tune(runner, ensure_executor)
-                    else:
-                        _run_runs(runner, known_runs(plan, store, name, resolved), ensure_executor)
+                        resolved[name] = _run_tune(runner, ensure_executor)
+                    else:  # running a stage stores its runs; it does not change which runs it has
+                        resolved[name] = known_runs(plan, store, name, resolved)
+                        _run_runs(runner, resolved[name], ensure_executor)
                     outcomes.append(runner.outcome)
-                resolved[name] = known_runs(plan, store, name, resolved)
+                else:
+                    resolved[name] = known_runs(plan, store, name, resolved)
     finally:
         store.quarantine = False
         shutil.rmtree(scratch, ignore_errors=True)
@@ -291,7 +293,8 @@ def _run_runs(runner: StageRun, runs: list[Run] | None, ensure_executor: Callabl
     runner.progress.stage_finished(stage.name)
 
 
-def _run_tune(runner: StageRun, ensure_executor: Callable[[], Executor]) -> None:
+def _run_tune(runner: StageRun, ensure_executor: Callable[[], Executor]) -> list[Run]:
+    """Search every group, write `best.parquet`; returns the stage's stored trials as runs."""
     stage, store = runner.stage, runner.store
     tune = stage.stage.tune
     assert tune is not None
@@ -322,3 +325,4 @@ def _run_tune(runner: StageRun, ensure_executor: Callable[[], Executor]) -> None
         runner.progress.note(f"stage {stage.name}: no trial met the constraints in group(s) "
                              f"{'; '.join(infeasible)}; they are not transferred")
     runner.progress.stage_finished(stage.name)
+    return trial_runs(stage, after)
