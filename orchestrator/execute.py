@@ -167,6 +167,22 @@ def classify_error(exc: BaseException) -> str:
     return TASK_ERROR
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")  # NVIDIA; AMD ROCm (torch says cuda)
+
+
+def run_device(gpu_ids: list[int]) -> str:
+    """`"cuda"` only when Ray assigned GPUs and torch sees a CUDA device; logical GPUs on a CPU host (a local
+    Ray with `--num-gpus`) give `"cpu"`, their ids still in `ctx.gpu_ids`. Hosts with no GPU device file
+    answer without importing torch."""
+    if not gpu_ids or not any(Path(f).exists() for f in GPU_DEVICE_FILES):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _gpu_name(gpu_ids: list[int]) -> str | None:
     if not gpu_ids or "torch" not in sys.modules:
         return None
@@ -214,7 +230,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         seed=payload.seed,
         artifact_path=artifact_tmp,
         scratch_path=scratch,
-        device="cuda" if gpu_ids else "cpu",
+        device=run_device(gpu_ids),
         gpu_ids=list(gpu_ids),
         upstream=payload.upstream,
     )
