@@ -28,7 +28,7 @@ from orchestrator import cluster
 from orchestrator.api import Connector
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
-from orchestrator.registry import task_entries
+from orchestrator.registry import TaskDef, get_task, task_entries
 from orchestrator.report import stage_report
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.schema import is_failure
@@ -36,16 +36,17 @@ from orchestrator.spec import load_spec
 from orchestrator.status import StageSummary, summarize
 from orchestrator.store import ResultStore
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
-out = Console() if sys.stdout.isatty() else Console(width=200)
+# In a pipe, tables print at their natural width (full headers, no truncation); COLUMNS still wins.
+out = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=100_000)
 
 SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (YAML).", show_default=False)]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="Overrides: key.path=value or param=value.")]
-ResultsOpt = Annotated[str | None, typer.Option("--results", help="Results root: a path or pyarrow.fs URI "
-                                                   "[env ORCHESTRATOR_RESULTS; spec `results:`; ./results].")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address [env RAY_ADDRESS; "
-                                                   "default: start a local Ray].")]
+ResultsOpt = Annotated[str | None, typer.Option("--results", help=escape(
+    "Results root: a path or pyarrow.fs URI [env ORCHESTRATOR_RESULTS; spec `results:`; default ./results]."))]
+AddressOpt = Annotated[str | None, typer.Option("--address", help=escape(
+    "Ray cluster address [env RAY_ADDRESS; default: start a local Ray]."))]
 CpusOpt = Annotated[float | None, typer.Option("--num-cpus", help="CPUs of a local Ray.")]
 GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
@@ -293,8 +294,8 @@ def slurm_command(
 
 @app.command()
 def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None,
-           out_dir: Annotated[Path | None, typer.Option("--out", help="Where figures go "
-                                                        "[<results>/<sweep>/report].")] = None) -> None:
+           out_dir: Annotated[Path | None, typer.Option("--out", help=escape(
+               "Where figures go [default <results>/<sweep>/report]."))] = None) -> None:
     """Summary table per stage (metric means over the swept parameters) and each family's figures."""
     try:
         sweep, store = _load(spec, overrides, results)
@@ -307,16 +308,69 @@ def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = 
 
 
 @app.command("tasks")
-def list_tasks() -> None:
-    """List registered tasks (without importing them): built-in families and installed packages."""
+def list_tasks(name: Annotated[str | None, typer.Argument(help="A task name or module:function: show its "
+                                                          "parameters and setup.", show_default=False)] = None
+               ) -> None:
+    """List registered tasks (without importing them), or show one task's parameters."""
     try:
+        if name is not None:
+            _show_task(get_task(name))
+            return
         entries = task_entries()
     except OrchestratorError as exc:
         _fail(exc)
     table = Table("task", "defined in", "registered by")
-    for name, entry in sorted(entries.items()):
-        table.add_row(name, entry.target, entry.origin)
+    for task_name, entry in sorted(entries.items()):
+        table.add_row(task_name, entry.target, entry.origin)
     out.print(table)
+
+
+def _show_task(task: TaskDef) -> None:
+    """A task's one-line doc, version, setup and resources, and a table of its parameters."""
+    out.print(f"[bold]{task.name}[/] (version {task.version}): {escape(task.doc)}", highlight=False)
+    out.print(f"  defined in {task.target}", highlight=False)
+    if task.setup is not None:
+        keys = ", ".join(task.setup_keys) or "none: one setup per worker"
+        out.print(f"  setup {task.setup.__name__}, reused across runs that share: {keys}", highlight=False)
+    if task.resources:
+        out.print(f"  default resources: {task.resources}", highlight=False)
+    fields = task.params.model_fields
+    described = any(info.description for info in fields.values())
+    table = Table("parameter", "type", "default", "constraints", *(["description"] if described else []))
+    for field_name, info in fields.items():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        cells = [field_name, _type_name(info.annotation), default, ", ".join(_constraint(c) for c in info.metadata)]
+        table.add_row(*[escape(c) for c in cells + ([info.description or ""] if described else [])])
+    out.print(table)
+
+
+def _type_name(annotation: object) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _constraint(item: object) -> str:
+    """`Gt(gt=0)` -> `> 0`; other annotated metadata as pydantic prints it."""
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "multiple of",
+               "min_length": "min length", "max_length": "max length", "pattern": "matches"}
+    for attr, symbol in symbols.items():
+        value = getattr(item, attr, None)
+        if value is not None:
+            return f"{symbol} {value}"
+    return repr(item)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        print(f"orchestrator (interp-sweeps) {metadata.version('interp-sweeps')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Declarative sweeps for interpretability research on Ray: plan, run, status, retry, report."""
 
 
 def main() -> None:
