@@ -40,7 +40,8 @@ def test_tasks_name_shows_parameters_constraints_and_setup() -> None:
     assert re.search(r"noise\s*│\s*float\s*│\s*0\.0\s*│\s*>= 0", text)
     assert "the minimum is at x = 1" in text
     setup = _plain(runner.invoke(app, ["tasks", "editing.finetune"], env={"COLUMNS": "200"}).stdout)
-    assert "reused across runs that share: model" in setup and re.search(r"lr\s*│\s*float\s*│\s*0\.0001\s*│\s*> 0", setup)
+    assert "reused across runs that share: model" in setup
+    assert re.search(r"lr\s*│\s*float\s*│\s*0\.0001\s*│\s*> 0", setup)
 
 
 def test_tasks_of_an_unknown_name_is_a_usage_error() -> None:
