@@ -206,10 +206,10 @@ def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
     except UnknownTaskError as exc:
         raise loaded.source.error(key, str(exc)) from None
     params = {**source_stage.params, **stage.params} if stage.transfer else dict(stage.params)
-    for key, value in params.items():
-        owner = name if key in stage.params else str(stage.transfer)
-        if ("stages", owner, "params", key) in loaded.source.override_lists and not _holds_lists(task, key, value):
-            params[key] = {"grid": value}
+    for param, value in params.items():
+        owner = name if param in stage.params else str(stage.transfer)
+        if ("stages", owner, "params", param) in loaded.source.override_lists and not _holds_lists(task, param, value):
+            params[param] = {"grid": value}
     resources = stage.resources or source_stage.resources
     if resources is None:
         try:
@@ -225,7 +225,7 @@ def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
 def _holds_lists(task: TaskDef, key: str, value: list[Any]) -> bool:
     """Whether parameter `key` of `task` takes `value` as one list (else a list override is a grid of it)."""
     info = task.params.model_fields.get(key)
-    if info is None:
+    if info is None or info.annotation is None:
         return False
     try:
         TypeAdapter(info.annotation).validate_python(value)
