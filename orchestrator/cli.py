@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -28,13 +31,15 @@ from orchestrator import cluster
 from orchestrator.api import Connector
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
+from orchestrator.provenance import spec_hash
 from orchestrator.registry import TaskDef, get_task, task_entries
 from orchestrator.report import stage_report
 from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.runs import canonical_json
 from orchestrator.schema import is_failure
 from orchestrator.spec import load_spec
 from orchestrator.status import StageSummary, summarize
-from orchestrator.store import ResultStore
+from orchestrator.store import SPECS, ResultStore
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -65,11 +70,69 @@ def _results_root(option: str | None, spec_results: str | None) -> str:
     return root
 
 
-def _load(spec: Path, overrides: list[str] | None, results: str | None) -> tuple[SweepPlan, ResultStore]:
-    """The command's one plan (spec loaded, expanded and validated once) and its store."""
-    loaded = load_spec(spec, overrides or [])
-    plan = build_plan(loaded)
-    return plan, ResultStore(_results_root(results, loaded.spec.results), loaded.name)
+@dataclass
+class Invocation:
+    """What a command was given: the spec, its overrides and every option, to remember and to repeat."""
+
+    spec: Path
+    overrides: list[str] = field(default_factory=list)
+    results: str | None = None
+    address: str | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    stages: list[str] = field(default_factory=list)
+    executor: str = "ray"
+    force: bool = False
+
+    def command(self, name: str) -> str:
+        """This invocation as the shell command `orchestrator <name> ...`, every given option repeated."""
+        words = ["orchestrator", name, str(self.spec), *self.overrides]
+        for option, value in (("--results", self.results), ("--address", self.address),
+                              ("--num-cpus", self.num_cpus), ("--num-gpus", self.num_gpus)):
+            if value is not None:
+                words += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+        for stage in self.stages:
+            words += ["--stage", stage]
+        if self.executor != "ray":
+            words += ["--executor", self.executor]
+        return shlex.join(words) + (" --force" if self.force else "")
+
+
+def _load(call: Invocation, remembered: bool = False) -> tuple[SweepPlan, ResultStore]:
+    """The command's one plan (spec loaded, expanded and validated once) and its store.
+
+    `remembered` (status, report, retry): given no overrides, use those of the latest `run` of this spec
+    file, if the file is unchanged since, and say so.
+    """
+    loaded = load_spec(call.spec, call.overrides)
+    store = ResultStore(_results_root(call.results, loaded.spec.results), loaded.name)
+    if remembered and not call.overrides:
+        record = store.latest_spec()
+        if record and record.get("overrides") and record.get("spec_file") == str(call.spec.resolve()):
+            shown = " ".join(record["overrides"])
+            if record.get("spec_sha") == spec_hash(call.spec.read_text()):
+                console.print(f"using the overrides of the latest run ({shown}), saved in "
+                              f"{store.base}/{SPECS}/{record['fingerprint']}.json", highlight=False)
+                call.overrides = list(record["overrides"])
+                loaded = load_spec(call.spec, call.overrides)
+            else:
+                console.print(f"[yellow]note:[/] {escape(str(call.spec))} changed since the latest run, whose "
+                              f"overrides ({escape(shown)}) are not applied", highlight=False)
+    return build_plan(loaded), store
+
+
+def _remember(call: Invocation, sweep: SweepPlan, store: ResultStore) -> str:
+    """Save the resolved spec (after overrides), its fingerprint and the command next to the results."""
+    resolved = sweep.loaded.raw
+    return store.remember_spec({
+        "fingerprint": spec_hash(canonical_json(resolved)),
+        "spec_file": str(call.spec.resolve()),
+        "spec_sha": spec_hash(call.spec.read_text()),
+        "overrides": call.overrides,
+        "command": call.command("run"),
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resolved": resolved,
+    })
 
 
 def _nodes_for(address: str | None, num_cpus: float | None, num_gpus: float | None) -> list[cluster.NodeInfo]:
@@ -113,7 +176,7 @@ def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = No
     the cluster's nodes), with the message `run` gives.
     """
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(Invocation(spec, overrides or [], results))
         nodes = _nodes_for(address, num_cpus, num_gpus)
         for name in sweep.order:
             cluster.check_feasible(name, sweep.stages[name].resources, nodes)
@@ -125,17 +188,21 @@ def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = No
 
 @app.command()
 def status(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
-    """Per stage: done, failed and still to run, with the latest failures."""
+    """Per stage: done, failed and still to run, with the latest failures.
+
+    Without overrides, uses those of the latest `run` of this spec (it says so).
+    """
+    call = Invocation(spec, overrides or [], results)
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(call, remembered=True)
         summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         _fail(exc)
     out.print(_summary_table(f"status: {sweep.name}", summaries))
-    _print_failures(sweep, store, [s.name for s in summaries if s.failed])
+    _print_failures(call, store, [s.name for s in summaries if s.failed])
 
 
-def _print_failures(sweep: SweepPlan, store: ResultStore, stages: list[str], limit: int = 5) -> None:
+def _print_failures(call: Invocation, store: ResultStore, stages: list[str], limit: int = 5) -> None:
     for name in stages:
         table = store.read_stage(name, columns=["status", "error_type", "error"])
         failed = [r for r in table.to_pylist() if is_failure(r.get("status"))]
@@ -143,7 +210,7 @@ def _print_failures(sweep: SweepPlan, store: ResultStore, stages: list[str], lim
         for row in failed[:limit]:
             out.print(escape(f"  {row['run_id']} [{row.get('error_type')}] {str(row.get('error'))[:200]}"),
                       highlight=False)
-        out.print(f"  re-run them with: orchestrator retry {sweep.loaded.source.file}")
+        out.print(f"  re-run them with: {escape(call.command('retry'))}", highlight=False, soft_wrap=True)
 
 
 class RichProgress:
@@ -185,9 +252,7 @@ class RichProgress:
             self.progress.stop()
 
 
-def _execute(spec: Path, overrides: list[str] | None, results: str | None, address: str | None,
-             num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool,
-             executor: str, force: bool) -> None:
+def _execute(call: Invocation, retry: bool) -> None:
     connector: Connector | None = None
     progress = RichProgress()
     stopped_by: list[int] = []
@@ -198,13 +263,15 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        sweep, store = _load(spec, overrides, results)
-        unknown = [s for s in stages or [] if s not in sweep.stages]
+        sweep, store = _load(call, remembered=retry)
+        unknown = [s for s in call.stages if s not in sweep.stages]
         if unknown:
             raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
+        _remember(call, sweep, store)
         clock = time.perf_counter()
-        connector = Connector(sweep, executor, address, num_cpus, num_gpus, stages)
-        outcomes = run_sweep(sweep, store, connector, RunOptions(retry=retry, stages=stages, force=force), progress)
+        connector = Connector(sweep, call.executor, call.address, call.num_cpus, call.num_gpus, call.stages or None)
+        options = RunOptions(retry=retry, stages=call.stages or None, force=call.force)
+        outcomes = run_sweep(sweep, store, connector, options, progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
         failed_now = sum(o.failed for o in outcomes)
@@ -224,7 +291,7 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
             connector.close()
     failing = [s.name for s in summaries if s.failed]
     if failing:
-        _print_failures(sweep, store, failing)
+        _print_failures(call, store, failing)
         raise typer.Exit(1)
 
 
@@ -232,18 +299,24 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
         executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
-    """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False, executor=executor,
-             force=force)
+    """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed.
+
+    Saves the resolved spec (after overrides) under <results>/<sweep>/specs/.
+    """
+    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force),
+             retry=False)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
           executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
-    """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True, executor=executor,
-             force=force)
+    """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history.
+
+    Without overrides, uses those of the latest `run` of this spec (it says so).
+    """
+    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force),
+             retry=True)
 
 
 @app.command("slurm")
@@ -296,9 +369,12 @@ def slurm_command(
 def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None,
            out_dir: Annotated[Path | None, typer.Option("--out", help=escape(
                "Where figures go [default <results>/<sweep>/report]."))] = None) -> None:
-    """Summary table per stage (metric means over the swept parameters) and each family's figures."""
+    """Summary table per stage (metric means over the swept parameters) and each family's figures.
+
+    Without overrides, uses those of the latest `run` of this spec (it says so).
+    """
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(Invocation(spec, overrides or [], results), remembered=True)
     except OrchestratorError as exc:
         _fail(exc)
     target = out_dir or store.report_dir()

@@ -250,7 +250,7 @@ class Stage(_Strict):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-RESERVED_STAGE_NAMES = ("artifacts", "report")  # the results store's own folders beside the stages
+RESERVED_STAGE_NAMES = ("artifacts", "report", "specs", "logs")  # the results store's folders beside the stages
 
 
 class SweepSpec(_Strict):
