@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from orchestrator import cluster
+from orchestrator import cluster, logfile
 from orchestrator.api import Connector
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
@@ -57,6 +57,8 @@ GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPU
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into stages that hold another task's results "
                                         "(another spec with this sweep name).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also show Ray's logs, warnings and the "
+                                          "workers' output here (always in <results>/<sweep>/logs/).")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
                                           "inline: every run in this process, one after another, no Ray "
                                           "(debugging with breakpoint()).")]
@@ -83,6 +85,7 @@ class Invocation:
     stages: list[str] = field(default_factory=list)
     executor: str = "ray"
     force: bool = False
+    verbose: bool = False
 
     def command(self, name: str) -> str:
         """This invocation as the shell command `orchestrator <name> ...`, every given option repeated."""
@@ -95,7 +98,7 @@ class Invocation:
             words += ["--stage", stage]
         if self.executor != "ray":
             words += ["--executor", self.executor]
-        return shlex.join(words) + (" --force" if self.force else "")
+        return shlex.join(words) + (" --force" if self.force else "") + (" -v" if self.verbose else "")
 
 
 def _load(call: Invocation, remembered: bool = False) -> tuple[SweepPlan, ResultStore]:
@@ -268,6 +271,7 @@ def _execute(call: Invocation, retry: bool) -> None:
         if unknown:
             raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
         _remember(call, sweep, store)
+        log = logfile.start(store.log_dir(), "retry" if retry else "run", call.verbose)
         clock = time.perf_counter()
         connector = Connector(sweep, call.executor, call.address, call.num_cpus, call.num_gpus, call.stages or None)
         options = RunOptions(retry=retry, stages=call.stages or None, force=call.force)
@@ -276,7 +280,9 @@ def _execute(call: Invocation, retry: bool) -> None:
         executed = sum(o.executed for o in outcomes)
         failed_now = sum(o.failed for o in outcomes)
         console.print(f"{sweep.name}: executed {executed} runs ({failed_now} failed) in "
-                      f"{time.perf_counter() - clock:.1f}s; results in {store.base}")
+                      f"{time.perf_counter() - clock:.1f}s; results in {store.base}", highlight=False)
+        if log.stat().st_size:
+            console.print(f"warnings and library logs: {log}", highlight=False)
         summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         progress.close()
@@ -289,6 +295,7 @@ def _execute(call: Invocation, retry: bool) -> None:
     finally:
         if connector is not None:
             connector.close()
+        logfile.stop()
     failing = [s.name for s in summaries if s.failed]
     if failing:
         _print_failures(call, store, failing)
@@ -298,25 +305,25 @@ def _execute(call: Invocation, retry: bool) -> None:
 @app.command()
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-        executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
+        executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
     """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed.
 
     Saves the resolved spec (after overrides) under <results>/<sweep>/specs/.
     """
-    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force),
-             retry=False)
+    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
+                        verbose), retry=False)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-          executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
+          executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
     """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history.
 
     Without overrides, uses those of the latest `run` of this spec (it says so).
     """
-    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force),
-             retry=True)
+    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
+                        verbose), retry=True)
 
 
 @app.command("slurm")
@@ -378,9 +385,13 @@ def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = 
     except OrchestratorError as exc:
         _fail(exc)
     target = out_dir or store.report_dir()
-    for name in sweep.order:
-        for item in stage_report(sweep, store, name, target):
-            out.print(item)
+    logfile.start(store.log_dir(), "report")
+    try:
+        for name in sweep.order:
+            for item in stage_report(sweep, store, name, target):
+                out.print(item)
+    finally:
+        logfile.stop()
 
 
 @app.command("tasks")
@@ -433,6 +444,17 @@ def _constraint(item: object) -> str:
         if value is not None:
             return f"{symbol} {value}"
     return repr(item)
+
+
+@app.command("job-env")
+def job_env() -> None:
+    """Print the runtime env for `ray job submit --runtime-env-json`: this checkout's commit (and whether it
+    has changes) for the rows, and .venv/, results/ and .git/ left out of the upload."""
+    import json
+
+    from orchestrator.provenance import job_runtime_env
+
+    print(json.dumps(job_runtime_env(os.getcwd())))
 
 
 def _version(value: bool) -> None:

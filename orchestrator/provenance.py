@@ -54,7 +54,12 @@ def code_state(target: str) -> CodeState:
     if os.environ.get("ORCHESTRATOR_GIT_COMMIT"):
         flag = os.environ.get("ORCHESTRATOR_GIT_DIRTY", "").strip().lower()
         return CodeState(os.environ["ORCHESTRATOR_GIT_COMMIT"], flag in ("1", "true", "yes") if flag else None)
-    path = task_package_path(target)
+    return checkout_state(task_package_path(target))
+
+
+def checkout_state(path: str) -> CodeState:
+    """Commit of the checkout holding `path`; dirty if a tracked file changed or an untracked (not ignored)
+    file exists under `path`."""
     where = path if os.path.isdir(path) else os.path.dirname(path)
     commit = _git(["rev-parse", "HEAD"], where)
     if not commit:
@@ -62,6 +67,15 @@ def code_state(target: str) -> CodeState:
     tracked = _git(["status", "--porcelain", "--untracked-files=no"], where)
     untracked = _git(["status", "--porcelain", "--untracked-files=all", "--", path], where)
     return CodeState(commit, bool(tracked) or any(line.startswith("??") for line in (untracked or "").splitlines()))
+
+
+def job_runtime_env(directory: str) -> dict[str, object]:
+    """The `ray job submit --runtime-env-json` for a sweep submitted from the checkout at `directory`: the
+    commit and dirtiness the job's rows record (the uploaded working directory has no usable git), and the
+    local virtual environment and results left out of the upload."""
+    state = checkout_state(os.path.abspath(directory))
+    env_vars = {"ORCHESTRATOR_GIT_COMMIT": state.commit or "", "ORCHESTRATOR_GIT_DIRTY": str(bool(state.dirty)).lower()}
+    return {"excludes": [".venv/", "results/", ".git/"], "env_vars": env_vars if state.commit else {}}
 
 
 @cache

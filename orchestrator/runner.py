@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator import logfile
 from orchestrator.context import Upstream
 from orchestrator.errors import SpecError, StoreError
 from orchestrator.execute import ListSource, OnResult, RunPayload, RunResult, StageExecution, WorkItem, WorkSource
@@ -173,6 +174,8 @@ class StageRun:
 
     def on_result(self, item: WorkItem, result: RunResult) -> None:
         run = self.runs.pop(item.payload.run_id)
+        if result.warnings:
+            logfile.run_warnings(run.run_id, result.warnings)
         rows = result_rows(run, result, code_state(run.target), package_versions())
         problem = self.kinds.problem(rows)
         if problem is not None:  # a value Parquet cannot hold beside the stage's other rows: a failure row
