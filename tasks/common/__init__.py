@@ -11,3 +11,11 @@ Nothing here is imported eagerly: this package registers no tasks and importing 
 """
 
 TASKS: dict[str, str] = {}
+
+# Built-in models this package builds or ships: name -> "module:function" returning the local directory.
+MODELS = {
+    "tiny-gpt2": "tasks.common.tiny:tiny_model_path",
+    "tiny-llama": "tasks.common.tiny:tiny_model_path",
+    "tiny-bert": "tasks.common.tiny:tiny_model_path",
+    "minilm": "tasks.common.models:minilm_path",
+}
