@@ -489,8 +489,8 @@ def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, A
     """
     import torch
 
+    from tasks.common.tokens import subject_token_range
     from tasks.editing import _arch, data, trace
-    from tasks.editing.tokens import subject_token_range
 
     model, tokenizer = _model_and_tokenizer(params, ctx)
     device = _device(model)

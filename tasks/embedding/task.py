@@ -64,7 +64,8 @@ def hidden_states(params: HiddenStatesParams, ctx: RunContext) -> list[dict[str,
     """
     import torch
 
-    from tasks.embedding import artifacts, compute
+    from tasks.common import artifacts
+    from tasks.embedding import compute
     from tasks.embedding.data import build_text_set
 
     model, tokenizer = ctx.setup

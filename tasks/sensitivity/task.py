@@ -62,7 +62,7 @@ def _samples(params: _Common, ctx: RunContext, seeds: list[int], per_seed: int):
     rows rescaled to sqrt(d) (the original's preprocessing), their indices and labels."""
     import numpy as np
 
-    from tasks.embedding.artifacts import find_layer
+    from tasks.common.artifacts import find_layer
     from tasks.sensitivity import compute
 
     stage = params.upstream_stage
