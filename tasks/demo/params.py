@@ -14,16 +14,13 @@ class QuadraticParams(TaskParams):
     seed: int = 0
 
 
-
 class NoopParams(TaskParams):
     i: int = 0
-
 
 
 class SleepParams(TaskParams):
     i: int = 0
     seconds: float = Field(0.1, ge=0)
-
 
 
 class FlakyParams(TaskParams):
@@ -32,16 +29,13 @@ class FlakyParams(TaskParams):
     fail_while_file_exists: str | None = None
 
 
-
 class AllocateParams(TaskParams):
     megabytes: int = Field(ge=0)
-
 
 
 class VectorParams(TaskParams):
     length: int = Field(ge=1)
     scale: float = 1.0
-
 
 
 class VectorSumParams(TaskParams):
@@ -50,14 +44,12 @@ class VectorSumParams(TaskParams):
     power: int = 1
 
 
-
 class LookupParams(TaskParams):
     model: str
     i: int = 0
     load_seconds: float = Field(0.0, ge=0)
     run_seconds: float = Field(0.0, ge=0)
     ignore_alarm: bool = False  # block SIGALRM while running: a run stuck where a time limit cannot reach it
-
 
 
 class SpinParams(TaskParams):
