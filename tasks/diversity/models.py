@@ -57,7 +57,7 @@ def build_finetuned(base: str, text: str, path: str | os.PathLike, steps: int, l
     import torch
 
     from tasks.common.models import load_causal_lm
-    from tasks.diversity.compute import finetune_on_text
+    from tasks.diversity.ops.finetune import finetune_on_text
 
     model, tokenizer = load_causal_lm(model_path(base))
     threads = torch.get_num_threads()
