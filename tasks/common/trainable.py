@@ -1,7 +1,7 @@
 """Which parameters of a causal LM train: full, chosen blocks, or LoRA on the MLP projections of a block.
 
 Shared by editing (canonical-examples fine-tuning, Hewitt et al. 2024: the original's ft_experiment.py
-rules, see tasks/editing/finetune.py) and probing (fact injection). `prepare_model` always returns a deep
+rules, see tasks/editing/ops/finetune.py) and probing (fact injection). `prepare_model` always returns a deep
 copy, so the caller's (setup) model is never trained.
 - full: every parameter trainable.
 - layers: only the transformer blocks in `trainable_layers` (everything else frozen).

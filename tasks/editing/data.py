@@ -27,6 +27,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tasks.common.general_text import BUILTIN_GENERAL_TEXT as BUILTIN_GENERAL_TEXT
 from tasks.common.general_text import data_dir, read_texts
@@ -46,7 +47,7 @@ class DatasetSpec:
     hard_negative: str
     pair: bool
     loss_type: str  # good | bad | balance | good-v-bad
-    threshold: float  # delta of the per-example verdict (see compute.example_success)
+    threshold: float  # delta of the per-example verdict (see ops.losses.example_success)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -310,3 +311,50 @@ def read_counterfact(path: str | os.PathLike) -> list[Fact]:
                  tuple(r.get("neighborhood_prompts") or ()))
         )
     return facts
+
+
+# --------------------------------------------------------------------------------------------------
+# edit requests of the ROME and MEMIT tasks (params -> request)
+
+
+def rome_request(params: Any, model, tokenizer, device) -> dict[str, Any]:
+    """The request (subject, prompt, targets) and the prompts to evaluate: (kind, full text) pairs."""
+    from tasks.editing.ops.counterfact import greedy_token
+
+    if params.subject is None:
+        facts = read_counterfact(params.counterfact_file) if params.counterfact_file else BUILTIN_FACTS
+        if params.fact >= len(facts):
+            raise ValueError(f"fact={params.fact} out of range for {len(facts)} facts")
+        fact = facts[params.fact]
+        subject, prompt, target_new = fact.subject, fact.prompt, fact.target_new
+        target_true = params.target_true or fact.target_true
+        paraphrases = params.paraphrases if params.paraphrases is not None else [fact.paraphrase]
+        neighborhood = params.neighborhood if params.neighborhood is not None else list(fact.neighborhood)
+    else:
+        # RomeParams' validator (tasks.editing.params): subject, prompt and target_new come together
+        assert params.prompt is not None and params.target_new is not None
+        subject, prompt, target_new = params.subject, params.prompt, params.target_new
+        target_true = params.target_true or greedy_token(model, tokenizer, prompt.format(subject), device)
+        paraphrases, neighborhood = params.paraphrases or [], params.neighborhood or []
+    prompts = [("rewrite", prompt.format(subject))]
+    prompts += [("paraphrase", p.format(subject)) for p in paraphrases]
+    prompts += [("neighborhood", p) for p in neighborhood]
+    space = lambda s: s if s.startswith(" ") else " " + s  # noqa: E731
+    return {
+        "subject": subject, "prompt": prompt, "target_new": space(target_new),
+        "target_true": space(target_true), "prompts": prompts,
+    }
+
+
+def memit_requests(params: Any, dataset) -> list:
+    """One request per canonical example: prompt "{}" with the whole prefix as subject (prefix), or the
+    annotated subject (true; only the built-in facts carry one: the paper's annotations are not public)."""
+    from tasks.editing.ops.memit import MemitRequest
+
+    train = dataset.train[: params.max_train]
+    if params.subject_type == "true":  # MemitParams' validator: only with dataset 'facts'
+        facts = _split_facts(params.split)[0][: len(train)]
+        return [MemitRequest(f.prompt, f.subject, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
+                for f, ex in zip(facts, train, strict=True)]
+    return [MemitRequest("{}", ex.prefix, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
+            for ex in train]

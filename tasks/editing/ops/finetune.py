@@ -36,7 +36,7 @@ from tasks.common.trainable import lora_block as lora_block
 from tasks.common.trainable import normalise_layers as normalise_layers
 from tasks.common.trainable import prepare_model as prepare_model
 from tasks.common.trainable import trainable_parameter_count as trainable_parameter_count
-from tasks.editing.compute import canonical_loss, cosine_factor, encode_example, kl_to_reference, suffix_nll
+from tasks.editing.ops.losses import canonical_loss, cosine_factor, encode_example, kl_to_reference, suffix_nll
 
 
 @dataclass

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tasks.common.tokens import subject_last_index
-from tasks.editing import _arch, rome
+from tasks.editing.ops import _arch, rome
 
 
 @dataclass(frozen=True)

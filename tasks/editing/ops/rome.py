@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.common.tokens import subject_last_index
-from tasks.editing import _arch
+from tasks.editing.ops import _arch
 
 DEFAULT_TEMPLATE_LENGTHS = ((5, 10), (10, 10))
 KL_PROMPT = "{} is a"

@@ -7,7 +7,7 @@ import torch
 
 from orchestrator.context import local_context
 from tasks.common.tokens import subject_token_range
-from tasks.editing import trace
+from tasks.editing.ops import trace
 from tasks.editing.task import CausalTraceParams, TraceFact, causal_trace
 
 
