@@ -52,7 +52,7 @@ def model_path(name: str) -> str:
 
 
 def build_finetuned(base: str, text: str, path: str | os.PathLike, steps: int, lr: float = 3e-3, seed: int = 0) -> Path:
-    """Load `base`, fine-tune all its weights on `text` (compute.finetune_on_text), save model and tokenizer
+    """Load `base`, fine-tune all its weights on `text` (ops.finetune.finetune_on_text), save model and tokenizer
     to `path`."""
     import torch
 
