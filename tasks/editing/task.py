@@ -177,6 +177,11 @@ def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, data
 # --------------------------------------------------------------------------------------------------
 # editing.rome
 
+# the params handed unchanged to the edit's hyperparameters (rome.RomeHparams, memit.MemitHparams)
+ROME_HPARAMS = {"v_num_grad_steps", "v_lr", "v_weight_decay", "kl_factor", "clamp_norm_factor", "mom2_adjustment"}
+MEMIT_HPARAMS = {"v_num_grad_steps", "v_lr", "v_weight_decay", "kl_factor", "clamp_norm_factor", "mom2_update_weight",
+                 "fork_anti_prompts", "fork_length_norm", "fork_negative_stop"}
+
 
 @task("editing.rome", params=RomeParams, version=1, setup=load, setup_keys=("model",), resources={"num_cpus": 1},
       smoke={"v_num_grad_steps": 2, "template_lengths": [(3, 1)], "cov_docs": 4, "max_length": 64})
@@ -212,11 +217,7 @@ def rome_edit(params: RomeParams, ctx: RunContext) -> list[dict[str, Any]]:
             lambda: rome.inverse_second_moment(rome.second_moment(model, layer, general_chunks, device),
                                                params.cov_ridge),
         )
-    hp = rome.RomeHparams(
-        layer=layer, v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
-        v_weight_decay=params.v_weight_decay, kl_factor=params.kl_factor,
-        clamp_norm_factor=params.clamp_norm_factor, mom2_adjustment=params.mom2_adjustment,
-    )
+    hp = rome.RomeHparams(layer=layer, **params.model_dump(include=ROME_HPARAMS))
     update = rome.compute_rome_update(
         model, tokenizer, hp, request["prompt"], request["subject"], request["target_new"], templates, cov_inv, device
     )
@@ -375,13 +376,8 @@ def memit_edit(params: MemitParams, ctx: RunContext) -> list[dict[str, Any]]:
             for layer in layers}
     templates = params.context_templates or _templates(setup, params.template_lengths, ctx.seed)
     requests = data.memit_requests(params, dataset)
-    hp = memit.MemitHparams(
-        layers=tuple(layers), v_num_grad_steps=params.v_num_grad_steps, v_lr=params.v_lr,
-        v_weight_decay=params.v_weight_decay, kl_factor=params.kl_factor,
-        clamp_norm_factor=params.clamp_norm_factor, mom2_update_weight=params.mom2_update_weight,
-        loss_type=dataset.loss_type, fork_anti_prompts=params.fork_anti_prompts,
-        fork_length_norm=params.fork_length_norm, fork_negative_stop=params.fork_negative_stop,
-    )
+    hp = memit.MemitHparams(layers=tuple(layers), loss_type=dataset.loss_type,
+                            **params.model_dump(include=MEMIT_HPARAMS))
     before = evaluation.evaluate(model, tokenizer, sets, device)
     result = memit.compute_memit(model, tokenizer, requests, hp, templates, covs, device)
     with memit.applied_deltas(model, result.deltas):
