@@ -9,7 +9,7 @@ every method. Methods:
   loop        one text at a time, padding="max_length", no_grad (the original tokenises every text to
               max_length; it runs batches of 20 where this loop runs batches of 1)
   original20  the original's batching: 20 texts in file order, padding="max_length"
-  task        tasks.embedding.compute.hidden_states with the task's defaults (sorted, batch_size,
+  task        tasks.embedding.ops.hidden_states.hidden_states with the task's defaults (sorted, batch_size,
               padding="max_length": every position computed, as the original)
   task_longest  the same with padding="longest" (each sorted batch padded to its longest text)
 Each method runs once to warm up, then `--repeats` times interleaved; the median time is reported.
@@ -42,8 +42,8 @@ def main() -> None:
     import torch
 
     from tasks.common.models import load_encoder
-    from tasks.embedding.compute import hidden_states
     from tasks.embedding.data import build_text_set
+    from tasks.embedding.ops.hidden_states import hidden_states
 
     if args.threads:
         torch.set_num_threads(args.threads)

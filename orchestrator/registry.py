@@ -1,5 +1,10 @@
 """Task registration and lookup: built-in families, installed packages, and any `module:function`.
 
+The one registry of the task families: each family package under `tasks/` declares, in its cheap
+`__init__.py`, `TASKS` (task name -> "module:function"), optionally `REPORTS` (task name -> report hook)
+and `MODELS` (built-in model name -> "module:function" returning the model's local directory). One walk
+of the package reads all three (`family_maps`); a name declared twice across families is refused.
+
 A task is a pure function `fn(params, ctx) -> rows` registered with `@task(...)` next to its code.
 Names come from three places, all cheap to list (no torch import until a task is looked up):
 - each family package under `tasks/` lists its tasks in `TASKS = {"family.name": "module:attr"}`;
@@ -131,30 +136,70 @@ class TaskEntry:
     origin: str  # "tasks.<family>" or "entry point of <distribution>"
 
 
+FAMILY_MAPS = ("TASKS", "REPORTS", "MODELS")
+
+
+@cache
+def family_maps(package_name: str | None = None) -> dict[str, dict[str, TaskEntry]]:
+    """The `TASKS`, `REPORTS` and `MODELS` maps of every family package under `package_name`
+    (default `tasks`), merged per kind, each entry with its family as origin. One walk, imports only the
+    families' `__init__.py`. A name declared by two families (in the same kind of map) is refused."""
+    package = importlib.import_module(package_name or TASK_PACKAGE)
+    maps: dict[str, dict[str, TaskEntry]] = {kind: {} for kind in FAMILY_MAPS}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not info.ispkg:
+            continue
+        family = f"{package.__name__}.{info.name}"
+        module = importlib.import_module(family)
+        for kind in FAMILY_MAPS:
+            for name, target in getattr(module, kind, {}).items():
+                _add(maps[kind], TaskEntry(name, target, family), kind)
+    for name, entry in maps["REPORTS"].items():
+        if name not in maps["TASKS"]:
+            raise UnknownTaskError(f"{entry.origin} declares a report for '{name}', which no family registers")
+    return maps
+
+
+def _add(entries: dict[str, TaskEntry], entry: TaskEntry, kind: str = "TASKS") -> None:
+    known = entries.get(entry.name)
+    if known is not None:
+        what = {"TASKS": "task", "REPORTS": "report for task", "MODELS": "built-in model"}[kind]
+        raise UnknownTaskError(
+            f"{what} name '{entry.name}' is registered twice: by {known.origin} ({known.target}) and by "
+            f"{entry.origin} ({entry.target}); rename one"
+        )
+    entries[entry.name] = entry
+
+
 @cache
 def task_entries() -> dict[str, TaskEntry]:
     """Every registered task name: the built-in families' `TASKS` maps, then installed entry points."""
-    package = importlib.import_module(TASK_PACKAGE)
-    entries: dict[str, TaskEntry] = {}
-
-    def add(entry: TaskEntry) -> None:
-        known = entries.get(entry.name)
-        if known is not None:
-            raise UnknownTaskError(
-                f"task name '{entry.name}' is registered twice: by {known.origin} ({known.target}) and by "
-                f"{entry.origin} ({entry.target}); rename one"
-            )
-        entries[entry.name] = entry
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.ispkg:
-            family = f"{TASK_PACKAGE}.{info.name}"
-            for name, target in getattr(importlib.import_module(family), "TASKS", {}).items():
-                add(TaskEntry(name, target, family))
+    entries = dict(family_maps(TASK_PACKAGE)["TASKS"])
     for point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         distribution = point.dist.name if point.dist is not None else "an installed package"
-        add(TaskEntry(point.name, point.value, f"entry point of {distribution}"))
+        _add(entries, TaskEntry(point.name, point.value, f"entry point of {distribution}"))
     return entries
+
+
+def report_map() -> dict[str, str]:
+    """Task name -> "module:function" of its report hook, `function(df, out_dir) -> list` (orchestrator.report)."""
+    return {name: entry.target for name, entry in family_maps(TASK_PACKAGE)["REPORTS"].items()}
+
+
+def model_map() -> dict[str, str]:
+    """Built-in model name -> "module:function" that returns its local directory (built on first use)."""
+    return {name: entry.target for name, entry in family_maps(TASK_PACKAGE)["MODELS"].items()}
+
+
+def import_target(target: str) -> Any:
+    """The object a "module:attr" (attr may be dotted) names."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise UnknownTaskError(f"'{target}' is not of the form module:function")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def task_map() -> dict[str, str]:
@@ -165,13 +210,8 @@ def task_map() -> dict[str, str]:
 @cache
 def resolve_target(target: str) -> TaskDef:
     """Import "module:attr" and return its TaskDef (the attr must be decorated with @task)."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise UnknownTaskError(f"'{target}' is not of the form module:function")
     try:
-        fn: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
+        fn = import_target(target)
     except (ImportError, AttributeError) as exc:
         raise UnknownTaskError(f"cannot import task '{target}': {exc}") from exc
     definition = getattr(fn, "__task__", None)

@@ -1,13 +1,13 @@
 """`report`: a summary table per stage, plus the figures and tables each task family provides.
 
-A family adds report hooks in its `__init__.py`: `REPORTS = {"family.task": "module:function"}` where
+A family adds report hooks in its `__init__.py` (read by `orchestrator.registry`):
+`REPORTS = {"family.task": "module:function"}` where
 `function(df, out_dir) -> list` of figure paths written, pandas DataFrames (printed as tables) or text;
 `df` holds the stage's ok rows.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pandas as pd
 from rich.table import Table
 
 from orchestrator.plan import SweepPlan
+from orchestrator.registry import import_target, report_map
 from orchestrator.schema import OK
 from orchestrator.store import ResultStore
 from orchestrator.summary import SEED, stage_runs, step_figure, summary_figure, summary_frame
@@ -24,15 +25,8 @@ MAX_ROWS = 40
 
 
 def report_hooks() -> dict[str, str]:
-    import pkgutil
-
-    import tasks
-
-    hooks: dict[str, str] = {}
-    for info in pkgutil.iter_modules(tasks.__path__):
-        if info.ispkg:
-            hooks.update(getattr(importlib.import_module(f"tasks.{info.name}"), "REPORTS", {}))
-    return hooks
+    """Task name -> report hook "module:function", from the registry's one walk of the families."""
+    return report_map()
 
 
 def _table(title: str, frame: pd.DataFrame) -> Table:
@@ -98,9 +92,8 @@ def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path
     if not target:
         items += generic_report(df, list(plan.task.params.model_fields), stage, out_dir)
     if target:
-        module, _, attr = target.partition(":")
         out_dir.mkdir(parents=True, exist_ok=True)
-        for item in getattr(importlib.import_module(module), attr)(df[df["status"] == OK], out_dir / stage):
+        for item in import_target(target)(df[df["status"] == OK], out_dir / stage):
             if isinstance(item, pd.DataFrame):
                 items.append(_table(f"{stage}: {plan.task.name}", item))
             elif isinstance(item, Path):

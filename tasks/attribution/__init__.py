@@ -11,3 +11,6 @@ REPORTS = {
     "attribution.sequence": "tasks.attribution.report:report_rows",
     "attribution.planted": "tasks.attribution.report:report_rows",
 }
+
+# Built-in models: name -> the function that builds it and returns its directory.
+MODELS = {"tiny-gpt2-copy": "tasks.attribution.planted:copy_model_path"}

@@ -200,7 +200,7 @@ def _strip_trailing_special(tokenizer: Any, ids: list[int]) -> list[int]:
 
 @torch.inference_mode()
 def _greedy_next(model: Any, seqs: list[list[int]], device: Any, batch: int = 32) -> list[int]:
-    from tasks.attribution.ops.lm import last_logits, right_pad
+    from tasks.common.lm import last_logits, right_pad
 
     out: list[int] = []
     for start in range(0, len(seqs), batch):

@@ -75,7 +75,7 @@ def train_copy_model(path: str | os.PathLike, steps: int = 250, lr: float = 5e-3
     return path
 
 
-def copy_model_path() -> Path:
+def copy_model_path(name: str = "tiny-gpt2-copy") -> Path:
     """The cached "tiny-gpt2-copy" directory, trained on first use (safe under concurrent callers)."""
     from tasks.common.tiny import cached_build
 

@@ -16,91 +16,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal
-
-from pydantic import Field
+from typing import Any
 
 from orchestrator.context import RunContext
-from orchestrator.registry import TaskParams, task
+from orchestrator.registry import task
+from tasks.attribution.params import AnalogyParams, AttributionParams, PlantedParams, SequenceParams
+from tasks.common.setup import LMSetup, lm_setup
 
-Method = Literal[
-    "reagent", "norm", "gradient_shap", "integrated_gradients", "input_x_gradient",
-    "attention", "attention_rollout", "attention_last",
-]
+__all__ = ["AnalogyParams", "AttributionParams", "PlantedParams", "SequenceParams", "analogies", "load",
+           "planted_copy", "sequence"]
 
-
-class AttributionParams(TaskParams):
-    """Settings shared by both levels. ReAGent defaults: the original's token-level config
-    (top3_replace0.1_max5000_batch5: keep 8, tolerance 3, ratio 0.1, 5000 steps, 5 probes)."""
-
-    model: str = "tiny-gpt2"
-    dtype: str | None = None  # None: the checkpoint's default; "float64" as the original's evaluation
-    method: Method = "reagent"
-    seed: int = 0
-    # ReAGent
-    keep_top_n: int = Field(8, ge=0)
-    keep_ratio: float = Field(0.0, ge=0, le=1)
-    stop_top_k: int = Field(3, ge=0)
-    replace_ratio: float = Field(0.1, ge=0, le=1)
-    max_steps: int = Field(5000, ge=1)
-    num_probes: int = Field(5, ge=1)
-    overlap_threshold: int = Field(2, ge=0)
-    on_no_convergence: Literal["mean_all", "nan"] = "mean_all"  # "nan": the original (Soft-NS 0, Soft-NC 1)
-    sampler: Literal["pos", "uniform", "inferential"] = "pos"
-    pos_tagger: Literal["auto", "nltk", "coarse"] = "auto"
-    pos_tag_map: str | None = None  # JSON {tag: [ids]}; overrides pos_tagger
-    target_batch: int = Field(8, ge=1)  # ReAGent targets run together
-    # baselines and metrics
-    normalization: Literal["original", "softmax", "sum"] = "original"
-    internal_batch_size: int | None = Field(None, ge=1)  # integrated_gradients: points per backward (memory)
-    distance: Literal["sq_hellinger_sqrt2", "hellinger"] = "sq_hellinger_sqrt2"
-
-
-class AnalogyParams(AttributionParams):
-    dataset: str = "builtin"  # "builtin", a questions-words-format file, or a prepared .jsonl
-    max_examples: int | None = Field(None, ge=1)
-    categories: list[str] | None = None
-    single_token_rule: Literal["space_prefixed", "original", "none"] = "space_prefixed"
-    currency_patch: Literal["by_value", "by_index", "none"] = "by_value"
-    require_correct: bool = True
-    target_position: Literal["last", "first_occurrence"] = "last"
-
-
-class SequenceParams(AttributionParams):
-    """Sequence-level ReAGent defaults: the stored results (keep 3, 5000 steps, 5 probes, stride 2)."""
-
-    prompts: str = "builtin"  # "builtin" or a text file, one prompt per line
-    max_prompts: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(10, ge=1)
-    stride: int = Field(2, ge=1)
-    keep_top_n: int = Field(3, ge=0)
-    original_sequence_attention: bool = False  # True: "attention" = inseq's (last layer, no softmax)
-
-
-class PlantedParams(AttributionParams):
-    """ReAGent keeps 2 (the answer needs the marked token and the query) with tolerance 1: with keep 3
-    of 8 tokens a random initial ranking often passes the stop check before learning anything."""
-
-    model: str = "tiny-gpt2-copy"
-    n_examples: int = Field(16, ge=1)
-    keep_top_n: int = Field(2, ge=0)
-    stop_top_k: int = Field(1, ge=0)
-    replace_ratio: float = Field(0.3, ge=0, le=1)
-    max_steps: int = Field(300, ge=1)
-    sampler: Literal["pos", "uniform", "inferential"] = "uniform"
-
-
-def load(params: AttributionParams, ctx: RunContext) -> dict[str, Any]:
-    """The causal LM and tokenizer (eager attention, so attention baselines get weights), plus a sampler memo.
-
-    Besides every name `tasks.common.models.load_causal_lm` takes: "tiny-gpt2-copy" (the planted model).
-    """
-    from tasks.attribution import planted
+def load(params: AttributionParams, ctx: RunContext) -> LMSetup:
+    """The causal LM and tokenizer (eager attention, so attention baselines get weights); samplers are
+    memoised on the setup. Every name `tasks.common.models.load_causal_lm` takes, including this family's
+    built-in "tiny-gpt2-copy" (the planted model)."""
     from tasks.common.models import load_causal_lm
 
-    source = planted.copy_model_path() if params.model in planted.BUILTIN else params.model
-    model, tokenizer = load_causal_lm(source, device=ctx.device, dtype=params.dtype, attn_implementation="eager")
-    return {"model": model, "tokenizer": tokenizer, "samplers": {}}
+    model, tokenizer = load_causal_lm(params.model, device=ctx.device, dtype=params.dtype, attn_implementation="eager")
+    return LMSetup(model, tokenizer, ctx.device)
 
 
 def max_positions(model: Any) -> int | None:
@@ -113,18 +46,17 @@ def max_positions(model: Any) -> int | None:
     return None
 
 
-def _sampler(setup: dict[str, Any], params: AttributionParams, device: str) -> tuple[Any, str]:
+def _sampler(setup: LMSetup, params: AttributionParams, device: str) -> tuple[Any, str]:
     from tasks.attribution.ops.samplers import make_sampler
 
-    key = (params.sampler, params.pos_tagger, params.pos_tag_map)
-    if key not in setup["samplers"]:  # a cache of immutable tables: nothing leaks between runs
-        setup["samplers"][key] = make_sampler(params.sampler, setup["model"], setup["tokenizer"], params.pos_tagger,
-                                              params.pos_tag_map, device)
-    return setup["samplers"][key]
+    key = ("sampler", params.sampler, params.pos_tagger, params.pos_tag_map)
+    # a memo of immutable tables on the setup: nothing leaks between runs
+    return setup.cached(key, lambda: make_sampler(params.sampler, setup.model, setup.tokenizer, params.pos_tagger,
+                                                  params.pos_tag_map, device))
 
 
 def _score(
-    setup: dict[str, Any], params: AttributionParams, ctx: RunContext,
+    setup: LMSetup, params: AttributionParams, ctx: RunContext,
     items: list[tuple[dict[str, Any], list[int], int]], method: str, normalization: str,
     extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
@@ -132,16 +64,11 @@ def _score(
     import torch
 
     from tasks.attribution.ops import attribute
-    from tasks.attribution.ops.metrics import random_scores, soft_metrics
     from tasks.attribution.ops.reagent import ReagentConfig
 
-    model, tokenizer = setup["model"], setup["tokenizer"]
+    model, tokenizer = setup.model, setup.tokenizer
     device = next(model.parameters()).device
-    limit = max_positions(model)
-    if limit is not None and any(len(p) > limit for _, p, _ in items):
-        ctx.logger.warning("dropping %d targets whose prefix exceeds the model's %d positions",
-                           sum(len(p) > limit for _, p, _ in items), limit)
-        items = [it for it in items if len(it[1]) <= limit]
+    items = _fitting(items, model, ctx)
     gen_attr = torch.Generator(device=device).manual_seed(ctx.seed)
     gen_metric = torch.Generator(device=device).manual_seed(ctx.seed + 1)
     sampler, sampler_used = (None, "")
@@ -161,21 +88,40 @@ def _score(
                           internal_batch_size=params.internal_batch_size)
         seconds = (time.perf_counter() - t0) / len(part)
         for (fields, _, y), ids, a in zip(part, prefixes, attrs, strict=True):
-            rand = random_scores(len(ids), gen_metric, device)
-            own, rnd = soft_metrics(model, ids, [a.scores, rand], gen_metric, params.distance)
-            rows.append({
-                **fields, "method": params.method, "target_id": int(y), "prefix_len": len(ids),
-                "soft_ns": own.soft_ns, "soft_nc": own.soft_nc,
-                "random_soft_ns": rnd.soft_ns, "random_soft_nc": rnd.soft_nc,
-                "n_steps": a.n_steps, "converged": a.converged,
-                "rationale": None if a.rationale is None else ",".join(map(str, a.rationale)),
-                "sampler_used": sampler_used or None, "attr_seconds": seconds,
-                **(extra(fields, a.scores) if extra is not None else {}),
-            })
+            rows.append(_row(model, params, fields, y, ids, a, gen_metric, device, sampler_used, seconds, extra))
             saved.append({**{k: fields[k] for k in fields if k.endswith(("_id", "_pos", "_index"))},
                           "scores": [float(s) for s in a.scores]})
     (ctx.artifact_dir / "importance.json").write_text(json.dumps(saved))
     return rows
+
+
+def _fitting(items: list[tuple[dict[str, Any], list[int], int]], model: Any, ctx: RunContext) -> list[Any]:
+    """The items whose prefix fits the model's position table (a warning names how many are dropped)."""
+    limit = max_positions(model)
+    if limit is not None and any(len(p) > limit for _, p, _ in items):
+        ctx.logger.warning("dropping %d targets whose prefix exceeds the model's %d positions",
+                           sum(len(p) > limit for _, p, _ in items), limit)
+        items = [it for it in items if len(it[1]) <= limit]
+    return items
+
+
+def _row(model: Any, params: AttributionParams, fields: dict[str, Any], y: int, ids: Any, a: Any, gen_metric: Any,
+         device: Any, sampler_used: str, seconds: float,
+         extra: Callable[[dict[str, Any], Any], dict[str, Any]] | None) -> dict[str, Any]:
+    """One target's row: Soft-NS / Soft-NC of its attribution and of a random one (drawn from gen_metric)."""
+    from tasks.attribution.ops.metrics import random_scores, soft_metrics
+
+    rand = random_scores(len(ids), gen_metric, device)
+    own, rnd = soft_metrics(model, ids, [a.scores, rand], gen_metric, params.distance)
+    return {
+        **fields, "method": params.method, "target_id": int(y), "prefix_len": len(ids),
+        "soft_ns": own.soft_ns, "soft_nc": own.soft_nc,
+        "random_soft_ns": rnd.soft_ns, "random_soft_nc": rnd.soft_nc,
+        "n_steps": a.n_steps, "converged": a.converged,
+        "rationale": None if a.rationale is None else ",".join(map(str, a.rationale)),
+        "sampler_used": sampler_used or None, "attr_seconds": seconds,
+        **(extra(fields, a.scores) if extra is not None else {}),
+    }
 
 
 @task("attribution.planted", params=PlantedParams, version=1, setup=load, setup_keys=("model", "dtype"),
@@ -187,7 +133,8 @@ def planted_copy(params: PlantedParams, ctx: RunContext) -> list[dict[str, Any]]
 
     from tasks.attribution import planted
 
-    tokenizer = ctx.setup["tokenizer"]
+    setup = lm_setup(ctx, params, load)
+    tokenizer = setup.tokenizer
     x, y, pos = planted.copy_batch(params.n_examples, torch.Generator().manual_seed(ctx.seed))
     items = [({"example_id": i, "example_text": "|".join(tokenizer.decode([t]) for t in x[i].tolist()),
                "target_pos": planted.LENGTH, "target_token": tokenizer.decode([int(y[i])]), "marked_pos": int(pos[i])},
@@ -197,7 +144,7 @@ def planted_copy(params: PlantedParams, ctx: RunContext) -> list[dict[str, Any]]
         p = fields["marked_pos"]
         return {"mass_on_marked": float(scores[p]), "top_is_marked": int(scores[:-1].argmax()) == p}
 
-    return _score(ctx.setup, params, ctx, items, params.method, params.normalization, extra=marked)
+    return _score(setup, params, ctx, items, params.method, params.normalization, extra=marked)
 
 
 @task("attribution.analogies", params=AnalogyParams, version=1, setup=load, setup_keys=("model", "dtype"),
@@ -208,7 +155,8 @@ def analogies(params: AnalogyParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Token-level ReAGent experiment: attribute the last word of each analogy prompt, score Soft-NS/NC."""
     from tasks.attribution import data
 
-    model, tokenizer = ctx.setup["model"], ctx.setup["tokenizer"]
+    setup = lm_setup(ctx, params, load)
+    model, tokenizer = setup
     if params.dataset.endswith(".jsonl"):
         examples = data.read_prepared(params.dataset, tokenizer)
     else:
@@ -221,7 +169,7 @@ def analogies(params: AnalogyParams, ctx: RunContext) -> list[dict[str, Any]]:
                "target_pos": len(e.prefix), "target_token": e.target_text, "relative_pos": e.relative_pos,
                "distractor_start": e.distractor_start, "distractor_end": e.distractor_end},
               list(e.prefix), e.target) for e in examples]
-    return _score(ctx.setup, params, ctx, items, params.method, params.normalization)
+    return _score(setup, params, ctx, items, params.method, params.normalization)
 
 
 @task("attribution.sequence", params=SequenceParams, version=1, setup=load, setup_keys=("model", "dtype"),
@@ -234,7 +182,8 @@ def sequence(params: SequenceParams, ctx: RunContext) -> list[dict[str, Any]]:
 
     from tasks.attribution import data
 
-    model, tokenizer = ctx.setup["model"], ctx.setup["tokenizer"]
+    setup = lm_setup(ctx, params, load)
+    model, tokenizer = setup
     device = next(model.parameters()).device
     prompts = data.read_prompts(params.prompts)[: params.max_prompts]
     limit = max_positions(model)
@@ -258,4 +207,4 @@ def sequence(params: SequenceParams, ctx: RunContext) -> list[dict[str, Any]]:
     method, normalization = params.method, params.normalization
     if params.original_sequence_attention and method == "attention":
         method, normalization = "attention_last", "sum"
-    return _score(ctx.setup, params, ctx, items, method, normalization)
+    return _score(setup, params, ctx, items, method, normalization)

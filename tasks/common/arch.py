@@ -41,6 +41,7 @@ __all__ = [
     "lm_head",
     "mlp",
     "mlp_out_proj",
+    "mlp_projections",
     "module_name",
     "num_layers",
     "spec",
@@ -173,6 +174,18 @@ def mlp(model: Any, i: int):
 def mlp_out_proj(model: Any, i: int):
     """The MLP's output projection in block `i` (d_ff -> d_model; the weight ROME edits)."""
     return _get(layer(model, i), spec(model).mlp_out_proj)
+
+
+def _is_projection(module: Any) -> bool:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def mlp_projections(model: Any, i: int) -> list[Any]:
+    """Every Linear / Conv1D matrix of layer i's MLP (GPT-2 c_fc and c_proj, Llama gate/up/down_proj)."""
+    return [m for m in mlp(model, i).modules() if _is_projection(m)]
 
 
 def attention(model: Any, i: int):

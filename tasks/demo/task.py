@@ -1,4 +1,5 @@
-"""Demo tasks: cheap, deterministic, and each exercising one part of the orchestrator."""
+"""Demo tasks: cheap, deterministic, and each exercising one part of the orchestrator (params in
+`tasks.demo.params`). Not language-model tasks: `demo.lookup`'s setup is a stand-in dict, not an LMSetup."""
 
 from __future__ import annotations
 
@@ -9,21 +10,19 @@ import socket
 import time
 from typing import Any
 
-from pydantic import Field
-
 from orchestrator.context import RunContext
-from orchestrator.registry import TaskParams, task
-
-
-class QuadraticParams(TaskParams):
-    x: float
-    """First coordinate; the minimum is at x = 1."""
-    y: float = 0.0
-    """Second coordinate; the minimum is at y = -2."""
-    noise: float = Field(0.0, ge=0)
-    """Standard deviation of the Gaussian noise added to the loss."""
-    seed: int = 0
-    """Seed of the noise (enters the run id, so each seed is its own run)."""
+from orchestrator.registry import task
+from tasks.demo.params import (
+    AllocateParams,
+    FlakyParams,
+    LookupParams,
+    NoopParams,
+    QuadraticParams,
+    SleepParams,
+    SpinParams,
+    VectorParams,
+    VectorSumParams,
+)
 
 
 @task("demo.quadratic", params=QuadraticParams, smoke={"x": 0.5, "y": -1.0, "noise": 0.1})
@@ -34,19 +33,10 @@ def quadratic(params: QuadraticParams, ctx: RunContext) -> dict[str, Any]:
     return {"loss": loss}
 
 
-class NoopParams(TaskParams):
-    i: int = 0
-
-
 @task("demo.noop", params=NoopParams, smoke={"i": 3})
 def noop(params: NoopParams, ctx: RunContext) -> dict[str, Any]:
     """Returns its index: the cheapest possible run (overhead benchmarks)."""
     return {"value": params.i}
-
-
-class SleepParams(TaskParams):
-    i: int = 0
-    seconds: float = Field(0.1, ge=0)
 
 
 @task("demo.sleep", params=SleepParams, smoke={"i": 2, "seconds": 0.01}, measured=("t_start", "t_end", "pid"))
@@ -65,12 +55,6 @@ def sleep(params: SleepParams, ctx: RunContext) -> dict[str, Any]:
     }
 
 
-class FlakyParams(TaskParams):
-    i: int
-    fail_if_divisible_by: int = Field(0, ge=0)
-    fail_while_file_exists: str | None = None
-
-
 @task("demo.flaky", params=FlakyParams, smoke={"i": 3, "fail_if_divisible_by": 2})
 def flaky(params: FlakyParams, ctx: RunContext) -> dict[str, Any]:
     """Raises for chosen inputs (every k-th, or while a marker file exists): failure handling tests."""
@@ -82,10 +66,6 @@ def flaky(params: FlakyParams, ctx: RunContext) -> dict[str, Any]:
     return {"value": params.i * 10}
 
 
-class AllocateParams(TaskParams):
-    megabytes: int = Field(ge=0)
-
-
 @task("demo.allocate", params=AllocateParams, smoke={"megabytes": 2})
 def allocate(params: AllocateParams, ctx: RunContext) -> dict[str, Any]:
     """Allocates and touches `megabytes` of memory (memory-limit tests)."""
@@ -93,11 +73,6 @@ def allocate(params: AllocateParams, ctx: RunContext) -> dict[str, Any]:
     for offset in range(0, len(block), 4096):
         block[offset] = 1
     return {"allocated_mb": params.megabytes}
-
-
-class VectorParams(TaskParams):
-    length: int = Field(ge=1)
-    scale: float = 1.0
 
 
 @task("demo.vector", params=VectorParams, smoke={"length": 8, "scale": 2.0})
@@ -108,12 +83,6 @@ def vector(params: VectorParams, ctx: RunContext) -> dict[str, Any]:
     values = np.random.default_rng(ctx.seed).normal(size=params.length) * params.scale
     np.save(ctx.artifact_dir / "vector.npy", values)
     return {"norm": float(np.linalg.norm(values))}
-
-
-class VectorSumParams(TaskParams):
-    length: int = Field(ge=1)
-    scale: float = 1.0
-    power: int = 1
 
 
 @task("demo.vector_sum", params=VectorSumParams, smoke={"length": 8, "scale": 2.0, "power": 2},
@@ -127,22 +96,14 @@ def vector_sum(params: VectorSumParams, ctx: RunContext) -> dict[str, Any]:
     return {"total": float(np.sum(values**params.power)), "upstream_run": upstream.run_id}
 
 
-class LookupParams(TaskParams):
-    model: str
-    i: int = 0
-    load_seconds: float = Field(0.0, ge=0)
-    run_seconds: float = Field(0.0, ge=0)
-    ignore_alarm: bool = False  # block SIGALRM while running: a run stuck where a time limit cannot reach it
-
-
-def load_lookup_model(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
+def load(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     """A stand-in for an expensive model load: sleeps, then returns a table keyed by the model name."""
     time.sleep(params.load_seconds)
     return {"name": params.model, "loaded_at": time.time(), "pid": os.getpid(),
             "weights": [ord(c) for c in params.model]}
 
 
-@task("demo.lookup", params=LookupParams, setup=load_lookup_model, setup_keys=("model",),
+@task("demo.lookup", params=LookupParams, setup=load, setup_keys=("model",),
       smoke={"model": "tiny", "i": 2}, measured=("loaded_at", "pid"))
 def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
     """Uses the model its worker loaded (model-reuse and timeout tests): which model, loaded when, by which
@@ -154,18 +115,13 @@ def lookup(params: LookupParams, ctx: RunContext) -> dict[str, Any]:
             time.sleep(params.run_seconds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    model = ctx.setup
+    model = ctx.setup if ctx.setup is not None else load(params, ctx)
     return {
         "served_by": model["name"],
         "value": sum(model["weights"]) * params.i,
         "loaded_at": model["loaded_at"],
         "pid": model["pid"],
     }
-
-
-class SpinParams(TaskParams):
-    i: int = 0
-    iterations: int = Field(2_000_000, ge=1)
 
 
 @task("demo.spin", params=SpinParams, smoke={"iterations": 1000})

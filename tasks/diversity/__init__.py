@@ -13,3 +13,7 @@ REPORTS = {
     "diversity.next_token": "tasks.diversity.report:report_next_token",
     "diversity.output_diversity": "tasks.diversity.report:report_output_diversity",
 }
+
+# Built-in models (tasks.diversity.models): name -> the function that builds it and returns its directory.
+MODELS = {name: "tasks.diversity.models:model_path" for name in (
+    "tiny-gpt2-pretrained", "tiny-llama-pretrained", "tiny-gpt2-narrow", "tiny-llama-narrow")}

@@ -52,12 +52,12 @@ def model_path(name: str) -> str:
 
 
 def build_finetuned(base: str, text: str, path: str | os.PathLike, steps: int, lr: float = 3e-3, seed: int = 0) -> Path:
-    """Load `base`, fine-tune all its weights on `text` (compute.finetune_on_text), save model and tokenizer
+    """Load `base`, fine-tune all its weights on `text` (ops.finetune.finetune_on_text), save model and tokenizer
     to `path`."""
     import torch
 
     from tasks.common.models import load_causal_lm
-    from tasks.diversity.compute import finetune_on_text
+    from tasks.diversity.ops.finetune import finetune_on_text
 
     model, tokenizer = load_causal_lm(model_path(base))
     threads = torch.get_num_threads()

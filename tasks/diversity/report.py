@@ -83,10 +83,9 @@ def plot_diversity(
     `df`: rows of `diversity.output_diversity` (failed runs are skipped). With several word caps, the
     largest (or `max_num_words`) is drawn. Metrics absent or all-NaN (cosine without an embedder) are left out.
     """
-    import matplotlib
+    from tasks.common.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = diversity_summary(df, metrics, max_num_words)
     metrics = [m for m in metrics if m in summary.columns]
@@ -114,12 +113,7 @@ def plot_diversity(
             if row == len(metrics) - 1:
                 ax.set_xlabel("temperature")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def entropy_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -2,8 +2,8 @@
 
 Reproduces the measurements of O'Mahony et al. 2024, "Attributing Mode Collapse in the Fine-Tuning of
 Large Language Models" (Pythia base / SFT / DPO): how fine-tuning changes the next-token distribution on
-held-out text, and how diverse sampled completions are across temperatures. The maths lives in
-`compute.py`; these adapters turn params into rows.
+held-out text, and how diverse sampled completions are across temperatures. Params in
+`tasks.diversity.params`, the maths in `tasks.diversity.ops`; these adapters turn params into rows.
 
 Stages: `diversity.next_token` (one run per model); `diversity.completions` (one run per model, prompt
 set and temperature: n samples for each prompt, kept as rows and as `completions.jsonl`);
@@ -14,20 +14,26 @@ quirks) reuses the stored completions instead of sampling again.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from orchestrator.context import RunContext
-from orchestrator.registry import TaskParams, task
+from orchestrator.registry import task
+from tasks.common.setup import LMSetup, lm_setup
+from tasks.diversity.params import CompletionsParams, NextTokenParams, OutputDiversityParams
+
+__all__ = ["CompletionsParams", "NextTokenParams", "OutputDiversityParams", "completions", "load", "load_embedder",
+           "next_token", "output_diversity"]
 
 
-def load_lm(params: Any, ctx: RunContext):
-    """(model, tokenizer) of `params.model`, once per worker and model name."""
-    from tasks.diversity.models import load_model
+def load(params: Any, ctx: RunContext) -> LMSetup:
+    """The causal LM and tokenizer of `params.model` (this family's built-ins or any name
+    `tasks.common.models.load_causal_lm` takes), once per worker and model name."""
+    from tasks.common.models import load_causal_lm
 
-    return load_model(params.model, device=ctx.device)
+    model, tokenizer = load_causal_lm(params.model, device=ctx.device)
+    return LMSetup(model, tokenizer, ctx.device)
 
 
 def _seed_for(seed: int, *keys: int) -> int:
@@ -38,28 +44,11 @@ def _seed_for(seed: int, *keys: int) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-class NextTokenParams(TaskParams):
-    model: str = "tiny-gpt2"
-    dataset: str = "builtin"
-    text_field: str = "text"
-    max_docs: int | None = Field(100, ge=1)
-    batch_size: int = Field(4, ge=1)
-    max_length: int | None = Field(None, ge=2)
-    context_len: int = Field(1, ge=1)
-    per_document: bool = True
-    prefix: Literal["bos", "original"] = "bos"
-    stats_positions: Literal["predicted", "all"] = "predicted"
-    zero_eps: float | None = Field(None, gt=0)
-    entropy_aggregate: Literal["tokens", "first_document"] = "tokens"
-    mean_probs_weighting: Literal["window", "token"] = "window"
-    mean_probs_flush_every: int | None = Field(None, ge=1)
-
-
 @task(
     "diversity.next_token",
     params=NextTokenParams,
     version=2,  # 2: empty documents never give the first-document entropy nor flush (as the original)
-    setup=load_lm,
+    setup=load,
     setup_keys=("model",),
     resources={"num_cpus": 1},
     smoke={"max_docs": 2, "batch_size": 2, "max_length": 16},
@@ -67,7 +56,7 @@ class NextTokenParams(TaskParams):
 def next_token(params: NextTokenParams, ctx: RunContext) -> list[dict[str, Any]]:
     """Per-document and per-model next-token statistics: perplexity, entropy, confidence, average distribution.
 
-    Notes 2 of the E section (compute_data.py, calc_perplexity.py, save_results.py). Documents stream
+    As the original's compute_data.py, calc_perplexity.py and save_results.py. Documents stream
     from `dataset` ("builtin", or a .jsonl / .jsonl.zst / .txt file such as the Pile validation split),
     the first `max_docs`; each is cut into rolling windows of `max_length` tokens (None: the model's
     context, at most 1024 as in the original) batched `batch_size` at a time with pads masked.
@@ -79,33 +68,26 @@ def next_token(params: NextTokenParams, ctx: RunContext) -> list[dict[str, Any]]
     unknown id on Llama, plus the tokenizer's own BOS), stats_positions="all", zero_eps=1e-7,
     entropy_aggregate="first_document", mean_probs_flush_every=500.
     """
-    from tasks.diversity import compute
+    from tasks.diversity import ops
     from tasks.diversity.data import read_documents
     from tasks.diversity.models import context_length
 
-    model, tokenizer = ctx.setup
+    model, tokenizer = lm_setup(ctx, params, load)
     max_length = params.max_length or min(1024, context_length(model) or 1024)
-    if params.prefix == "bos":
-        prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        add_special = False
-    else:
-        prefix_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        add_special = True
-    if prefix_id is None:
-        prefix_id = 0  # the original's fallback: the unknown-token id of the Llama tokenizer
+    prefix_id, add_special = _prefix(tokenizer, params.prefix)
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     documents = (
         (tokenizer(text, add_special_tokens=add_special).input_ids, len(text.encode("utf-8")))
         for text in read_documents(params.dataset, params.text_field, params.max_docs)
     )
-    options = compute.NextTokenOptions(
+    options = ops.NextTokenOptions(
         stats_positions=params.stats_positions,
         zero_eps=params.zero_eps,
         entropy_aggregate=params.entropy_aggregate,
         mean_probs_weighting=params.mean_probs_weighting,
         mean_probs_flush_every=params.mean_probs_flush_every,
     )
-    doc_rows, model_row, mean_probs = compute.next_token_statistics(
+    doc_rows, model_row, mean_probs = ops.next_token_statistics(
         model, documents, prefix_id, pad_id, max_length, params.batch_size, params.context_len, options
     )
     if mean_probs is not None:
@@ -115,35 +97,33 @@ def next_token(params: NextTokenParams, ctx: RunContext) -> list[dict[str, Any]]
     return [{**{key: row.get(key) for key in columns}, "window_length": max_length} for row in rows]
 
 
+def _prefix(tokenizer: Any, prefix: str) -> tuple[int, bool]:
+    """(prefix token id, add the tokenizer's special tokens) for prefix "bos" or "original"."""
+    if prefix == "bos":
+        prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        add_special = False
+    else:
+        prefix_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        add_special = True
+    if prefix_id is None:
+        prefix_id = 0  # the original's fallback: the unknown-token id of the Llama tokenizer
+    return prefix_id, add_special
+
+
 # ---------------------------------------------------------------------------------------------------
-
-
-class CompletionsParams(TaskParams):
-    model: str = "tiny-gpt2"
-    prompt_set: str = "creative"
-    prompts_file: str | None = None
-    max_prompts: int | None = Field(None, ge=1)
-    template: str = "plm"
-    temperature: float = Field(1.0, gt=0)
-    n_samples: int = Field(25, ge=1)
-    batch_size: int = Field(25, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
-    top_k: int | None = Field(50, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    keep_double_bos: bool = False
 
 
 @task(
     "diversity.completions",
     params=CompletionsParams,
     version=1,
-    setup=load_lm,
+    setup=load,
     setup_keys=("model",),
     resources={"num_cpus": 1},
     smoke={"max_prompts": 1, "n_samples": 3, "batch_size": 3, "max_new_tokens": 6},
 )
 def completions(params: CompletionsParams, ctx: RunContext) -> list[dict[str, Any]]:
-    """`n_samples` sampled completions of each prompt of a set at one temperature (notes 3).
+    """`n_samples` sampled completions of each prompt of a set at one temperature (creative_and_factual_completions.py).
 
     The full prompt is `template` (plm: "{prompt} {guide}", pythia_helpful, llama2_chat, tulu_v2, raw,
     or a format string) applied to the prompt and its guide; built-in creative / factual sets, or
@@ -158,38 +138,16 @@ def completions(params: CompletionsParams, ctx: RunContext) -> list[dict[str, An
     Rows: one per completion (prompt_index, sample_index, text, n_new_tokens, ended_with_eos); the same
     texts go to `completions.jsonl` in the layout of the original's shipped completion file.
     """
-    import torch
-
-    from tasks.diversity import compute
-    from tasks.diversity.data import format_prompt, load_prompts, write_completions
+    from tasks.diversity.data import load_prompts, write_completions
     from tasks.diversity.models import context_length
 
-    model, tokenizer = ctx.setup
-    device = next(model.parameters()).device
+    model, tokenizer = lm_setup(ctx, params, load)
     n_ctx = context_length(model)
     rows: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     for prompt in load_prompts(params.prompt_set, params.prompts_file, params.max_prompts):
-        text = format_prompt(prompt, params.template)
-        bos = tokenizer.bos_token
-        add_special = params.keep_double_bos or not (bos and text.startswith(bos))
-        prompt_ids = tokenizer(text, add_special_tokens=add_special).input_ids
-        if not prompt_ids:
-            prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-        max_new = params.max_new_tokens or prompt.max_new_tokens
-        if n_ctx is not None:
-            max_new = min(max_new, n_ctx - len(prompt_ids))
-            if max_new < 1:
-                raise ValueError(
-                    f"prompt {prompt.index} has {len(prompt_ids)} tokens, no room in a {n_ctx}-token context")
-        generator = torch.Generator(device=device).manual_seed(_seed_for(ctx.seed, prompt.index))
-        samples: list[list[int]] = []
-        while len(samples) < params.n_samples:
-            n = min(params.batch_size, params.n_samples - len(samples))
-            samples += compute.sample_continuations(
-                model, prompt_ids, n, params.temperature, max_new, generator,
-                top_k=params.top_k, top_p=params.top_p, eos_id=tokenizer.eos_token_id,
-            )  # fmt: skip
+        prompt_ids, max_new = _prompt_ids(tokenizer, prompt, params, n_ctx)
+        samples = _samples(model, tokenizer, prompt_ids, max_new, params, _seed_for(ctx.seed, prompt.index))
         for sample_index, ids in enumerate(samples):
             completion = tokenizer.decode(ids, skip_special_tokens=True)
             rows.append(
@@ -215,34 +173,55 @@ def completions(params: CompletionsParams, ctx: RunContext) -> list[dict[str, An
     return rows
 
 
+def _prompt_ids(tokenizer: Any, prompt: Any, params: CompletionsParams, n_ctx: int | None) -> tuple[list[int], int]:
+    """The prompt's ids (one BOS, unless keep_double_bos) and the number of new tokens that fit the context."""
+    from tasks.diversity.data import format_prompt
+
+    text = format_prompt(prompt, params.template)
+    bos = tokenizer.bos_token
+    add_special = params.keep_double_bos or not (bos and text.startswith(bos))
+    prompt_ids = tokenizer(text, add_special_tokens=add_special).input_ids
+    if not prompt_ids:
+        prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    max_new = params.max_new_tokens or prompt.max_new_tokens
+    if n_ctx is not None:
+        max_new = min(max_new, n_ctx - len(prompt_ids))
+        if max_new < 1:
+            raise ValueError(
+                f"prompt {prompt.index} has {len(prompt_ids)} tokens, no room in a {n_ctx}-token context")
+    return prompt_ids, max_new
+
+
+def _samples(model: Any, tokenizer: Any, prompt_ids: list[int], max_new: int, params: CompletionsParams,
+             seed: int) -> list[list[int]]:
+    """`params.n_samples` continuations of one prompt, `batch_size` per forward batch, from one seeded generator."""
+    import torch
+
+    from tasks.diversity import ops
+
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    samples: list[list[int]] = []
+    while len(samples) < params.n_samples:
+        n = min(params.batch_size, params.n_samples - len(samples))
+        samples += ops.sample_continuations(
+            model, prompt_ids, n, params.temperature, max_new, generator,
+            top_k=params.top_k, top_p=params.top_p, eos_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    return samples
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_embedder(params: Any, ctx: RunContext):
-    """(encoder, tokenizer) of `params.embedder`, or None when cosine metrics are off."""
+def load_embedder(params: Any, ctx: RunContext) -> LMSetup | None:
+    """The encoder and tokenizer of `params.embedder`, or None when cosine metrics are off."""
     if params.embedder is None:
         return None
     from tasks.common.models import load_encoder
 
-    return load_encoder(params.embedder, device=ctx.device)
-
-
-class OutputDiversityParams(TaskParams):
-    model: str = "tiny-gpt2"
-    prompt_set: str = "creative"
-    temperature: float = Field(1.0, gt=0)
-    completions_stage: str = "completions"
-    completions_file: str | None = None
-    max_num_words: int | None = Field(20, ge=1)
-    embedder: str | None = "minilm"
-    jaccard_n: tuple[int, ...] = (2, 3, 4)
-    order_q: tuple[int, ...] = (2, 3, 4, 5, 6)
-    order_q_samples: int = Field(50, ge=1)
-    distinct_n: tuple[int, ...] = (1, 2, 3)
-    cosine_denominator: Literal["pairs", "nonzero"] = "pairs"
-    empty_target: Literal["skip", "nan"] = "skip"
-    jaccard_self_similarity: Literal["one", "jaccard"] = "one"
-    swap_creative_factual_keys: bool = False
+    encoder, tokenizer = load_encoder(params.embedder, device=ctx.device)
+    return LMSetup(encoder, tokenizer, ctx.device)
 
 
 @task(
@@ -257,7 +236,7 @@ class OutputDiversityParams(TaskParams):
                                     {"max_prompts": 1, "n_samples": 3, "batch_size": 3, "max_new_tokens": 6})},
 )
 def output_diversity(params: OutputDiversityParams, ctx: RunContext) -> list[dict[str, Any]]:
-    """Diversity metrics of each prompt's completions at one temperature (notes 4).
+    """Diversity metrics of each prompt's completions at one temperature (creative_and_factual_metrics.py).
 
     Completions come from the matching run of stage `completions_stage` (its `completions.jsonl`), or
     from `completions_file` filtered on model, prompt_set (the file's "mode") and temperature, e.g. the
@@ -272,20 +251,10 @@ def output_diversity(params: OutputDiversityParams, ctx: RunContext) -> list[dic
     writes the original's swapped label (factual for creative and back) to `result_key`.
     Rows: one per prompt, with n_texts, mean_words and n_empty.
     """
-    from tasks.diversity import compute
-    from tasks.diversity.data import read_completions
+    from tasks.diversity import ops
 
-    if params.completions_file is not None:
-        cells = read_completions(params.completions_file, params.model, params.prompt_set, params.temperature)
-        if not cells:
-            raise ValueError(
-                f"{params.completions_file}: no completions for model={params.model!r}, "
-                f"prompt_set={params.prompt_set!r}, temperature={params.temperature}"
-            )
-    else:
-        upstream = ctx.upstream_one(params.completions_stage)
-        cells = read_completions(upstream.artifact_dir / "completions.jsonl")
-    options = compute.MetricOptions(
+    cells = _completions(params, ctx)
+    options = ops.MetricOptions(
         jaccard_n=params.jaccard_n,
         order_q=params.order_q,
         order_q_samples=params.order_q_samples,
@@ -297,15 +266,16 @@ def output_diversity(params: OutputDiversityParams, ctx: RunContext) -> list[dic
     result_key = params.prompt_set
     if params.swap_creative_factual_keys:
         result_key = {"creative": "factual", "factual": "creative"}.get(result_key, result_key)
+    embedder = ctx.setup if ctx.setup is not None else load_embedder(params, ctx)
     rows = []
     for prompt_index, texts in cells.items():
         if params.max_num_words is not None:
-            texts = [compute.limit_num_words(t, params.max_num_words) for t in texts]
+            texts = [ops.limit_num_words(t, params.max_num_words) for t in texts]
         embeddings = None
-        if ctx.setup is not None:
-            encoder, enc_tokenizer = ctx.setup
-            embeddings = compute.mean_pooled_embeddings(encoder, enc_tokenizer, texts)
-        metrics = compute.diversity_metrics(texts, embeddings, options, seed=_seed_for(ctx.seed, prompt_index))
+        if embedder is not None:
+            encoder, enc_tokenizer = LMSetup.of(embedder)
+            embeddings = ops.mean_pooled_embeddings(encoder, enc_tokenizer, texts)
+        metrics = ops.diversity_metrics(texts, embeddings, options, seed=_seed_for(ctx.seed, prompt_index))
         rows.append(
             {
                 "prompt_index": prompt_index,
@@ -317,3 +287,19 @@ def output_diversity(params: OutputDiversityParams, ctx: RunContext) -> list[dic
             }
         )
     return rows
+
+
+def _completions(params: OutputDiversityParams, ctx: RunContext) -> dict[int, list[str]]:
+    """prompt index -> texts: from `completions_file` (filtered) or the upstream completions run."""
+    from tasks.diversity.data import read_completions
+
+    if params.completions_file is not None:
+        cells = read_completions(params.completions_file, params.model, params.prompt_set, params.temperature)
+        if not cells:
+            raise ValueError(
+                f"{params.completions_file}: no completions for model={params.model!r}, "
+                f"prompt_set={params.prompt_set!r}, temperature={params.temperature}"
+            )
+        return cells
+    upstream = ctx.upstream_one(params.completions_stage)
+    return read_completions(upstream.artifact_dir / "completions.jsonl")

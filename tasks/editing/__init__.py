@@ -17,3 +17,7 @@ REPORTS = {
     "editing.ensemble": "tasks.editing.report:report_finetune",
     "editing.memit": "tasks.editing.report:report_finetune",
 }
+
+# Built-in models (tasks.editing.models): name -> the function that builds it and returns its directory.
+MODELS = {name: "tasks.editing.models:model_path" for name in (
+    "tiny-gpt2-facts", "tiny-llama-facts", "tiny-gpt2-corpus", "tiny-llama-corpus", "tiny-backpack")}

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-DATA_ENV = "CANONICAL_EXAMPLES_DIR"
+from tasks.common.general_text import BUILTIN_GENERAL_TEXT as BUILTIN_GENERAL_TEXT
+from tasks.common.general_text import data_dir, read_texts
+from tasks.common.general_text import general_texts as general_texts
+
 SPLITS = ("val", "test")
 
 
@@ -44,7 +47,7 @@ class DatasetSpec:
     hard_negative: str
     pair: bool
     loss_type: str  # good | bad | balance | good-v-bad
-    threshold: float  # delta of the per-example verdict (see compute.example_success)
+    threshold: float  # delta of the per-example verdict (see ops.losses.example_success)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -107,32 +110,6 @@ class EditingData:
 # files
 
 
-def _candidate_roots() -> Iterator[Path]:
-    env = os.environ.get(DATA_ENV)
-    if env:
-        yield Path(env)
-    here = Path(__file__).resolve()
-    for ancestor in here.parents:
-        yield ancestor / "data" / "canonical_examples"
-        yield ancestor / "shared" / "data" / "canonical_examples"
-
-
-def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The canonical_examples folder: `explicit`, $CANONICAL_EXAMPLES_DIR, or data/ or shared/data/ above."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_dir():
-            raise FileNotFoundError(f"data_dir={str(path)!r} is not a directory")
-        return path
-    for path in _candidate_roots():
-        if (path / "country_capital").is_dir():
-            return path
-    raise FileNotFoundError(
-        "canonical_examples data not found: set $CANONICAL_EXAMPLES_DIR or pass data_dir "
-        "(or use dataset='facts', the built-in set)"
-    )
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of a jsonl file (blank lines skipped; a last line without newline is fine)."""
     with open(path, encoding="utf-8") as handle:
@@ -149,11 +126,6 @@ def read_examples(path: str | os.PathLike, pair: bool) -> list[Example]:
         except KeyError as exc:
             raise ValueError(f"{path}: record {i} has no field {exc} (pair={pair})") from exc
     return examples
-
-
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """The `text` field of every record (degradation-targeted and general-text files)."""
-    return [record["text"] for record in read_jsonl(path)]
 
 
 def dataset_files(name: str, split: str, root: Path, hard_negative_split: str | None = None) -> dict[str, Path]:
@@ -198,18 +170,6 @@ def load_dataset(
         targeted=read_texts(files["targeted"]),
         files={role: str(path) for role, path in files.items()},
     )
-
-
-def general_texts(source: str = "builtin", data_dir_: str | os.PathLike | None = None) -> list[str]:
-    """General text: "builtin", "val100" (the shipped OpenWebText sample) or a jsonl path with `text`."""
-    if source == "builtin":
-        return list(BUILTIN_GENERAL_TEXT)
-    if source == "val100":
-        return read_texts(data_dir(data_dir_) / "general_text" / "val100-val.jsonl")
-    path = Path(source)
-    if path.is_file():
-        return read_texts(path)
-    raise ValueError(f"general text source={source!r} is not 'builtin', 'val100' or an existing jsonl file")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,51 +242,6 @@ BUILTIN_FACTS: tuple[Fact, ...] = (
          ("The Congo River is a river in", "The Zambezi is a river in")),
 )
 
-BUILTIN_GENERAL_TEXT: tuple[str, ...] = (
-    "The morning was cold and clear. She walked to the station, bought a coffee and waited for the train.",
-    "Many cities have invested in public transport over the last decade, and the number of people who "
-    "take the bus to work has grown every year.",
-    "The committee met on Tuesday to discuss the budget. After a long debate, the members agreed to "
-    "postpone the vote until the next meeting.",
-    "He opened the book and started to read. The story was about a small village in the mountains and "
-    "the people who lived there.",
-    "Scientists have found that regular exercise improves sleep, mood and memory, even for people who "
-    "start late in life.",
-    "The restaurant on the corner serves fresh bread every morning, and there is usually a line of "
-    "customers outside before it opens.",
-    "When the storm arrived, the power went out across the town. Families lit candles and listened to "
-    "the radio for news.",
-    "The team won the final match after a difficult season. The players thanked their fans and "
-    "celebrated late into the night.",
-    "Learning a new language takes time. It helps to read every day, to listen to music and to speak "
-    "with other people as often as possible.",
-    "The museum opened a new exhibition about the history of the city, with old maps, photographs and "
-    "letters written by its first residents.",
-    "Farmers in the region grow wheat, corn and potatoes. This year the harvest was good because the "
-    "summer was warm and there was enough rain.",
-    "The company announced that it would hire two hundred new workers and open a second factory near "
-    "the river next spring.",
-    "Children played in the park while their parents talked on the benches under the trees.",
-    "The report says that the price of food rose by three percent last year, mostly because of higher "
-    "energy costs.",
-    "After dinner they went for a walk along the beach and watched the sun go down over the water.",
-    "The new bridge will connect the two parts of the city and reduce the time it takes to cross the "
-    "river by half.",
-    "Doctors recommend drinking enough water, eating vegetables and getting at least seven hours of "
-    "sleep every night.",
-    "The library is open every day except Sunday. Visitors can borrow up to ten books at a time.",
-    "Her first novel was published when she was twenty five, and it was translated into more than "
-    "twenty languages.",
-    "The old house at the end of the street had been empty for years until a young family bought it "
-    "and painted it blue.",
-    "Engineers tested the new engine for several weeks before they were satisfied that it was safe.",
-    "Every summer the town holds a music festival, and thousands of people come to listen to bands "
-    "from all over the country.",
-    "The teacher asked the students to write a short essay about their favourite place and to explain "
-    "why it mattered to them.",
-    "Prices of houses in the capital have risen quickly, and many young people now live with their "
-    "parents for longer than before.",
-)
 
 
 def _split_facts(split: str) -> tuple[list[Fact], list[Fact]]:
@@ -396,3 +311,50 @@ def read_counterfact(path: str | os.PathLike) -> list[Fact]:
                  tuple(r.get("neighborhood_prompts") or ()))
         )
     return facts
+
+
+# --------------------------------------------------------------------------------------------------
+# edit requests of the ROME and MEMIT tasks (params -> request)
+
+
+def rome_request(params: Any, model, tokenizer, device) -> dict[str, Any]:
+    """The request (subject, prompt, targets) and the prompts to evaluate: (kind, full text) pairs."""
+    from tasks.editing.ops.counterfact import greedy_token
+
+    if params.subject is None:
+        facts = read_counterfact(params.counterfact_file) if params.counterfact_file else BUILTIN_FACTS
+        if params.fact >= len(facts):
+            raise ValueError(f"fact={params.fact} out of range for {len(facts)} facts")
+        fact = facts[params.fact]
+        subject, prompt, target_new = fact.subject, fact.prompt, fact.target_new
+        target_true = params.target_true or fact.target_true
+        paraphrases = params.paraphrases if params.paraphrases is not None else [fact.paraphrase]
+        neighborhood = params.neighborhood if params.neighborhood is not None else list(fact.neighborhood)
+    else:
+        # RomeParams' validator (tasks.editing.params): subject, prompt and target_new come together
+        assert params.prompt is not None and params.target_new is not None
+        subject, prompt, target_new = params.subject, params.prompt, params.target_new
+        target_true = params.target_true or greedy_token(model, tokenizer, prompt.format(subject), device)
+        paraphrases, neighborhood = params.paraphrases or [], params.neighborhood or []
+    prompts = [("rewrite", prompt.format(subject))]
+    prompts += [("paraphrase", p.format(subject)) for p in paraphrases]
+    prompts += [("neighborhood", p) for p in neighborhood]
+    space = lambda s: s if s.startswith(" ") else " " + s  # noqa: E731
+    return {
+        "subject": subject, "prompt": prompt, "target_new": space(target_new),
+        "target_true": space(target_true), "prompts": prompts,
+    }
+
+
+def memit_requests(params: Any, dataset) -> list:
+    """One request per canonical example: prompt "{}" with the whole prefix as subject (prefix), or the
+    annotated subject (true; only the built-in facts carry one: the paper's annotations are not public)."""
+    from tasks.editing.ops.memit import MemitRequest
+
+    train = dataset.train[: params.max_train]
+    if params.subject_type == "true":  # MemitParams' validator: only with dataset 'facts'
+        facts = _split_facts(params.split)[0][: len(train)]
+        return [MemitRequest(f.prompt, f.subject, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
+                for f, ex in zip(facts, train, strict=True)]
+    return [MemitRequest("{}", ex.prefix, ex.suffixes[0], ex.suffixes[1] if len(ex.suffixes) > 1 else None)
+            for ex in train]

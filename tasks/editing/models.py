@@ -7,7 +7,7 @@ ROME and causal tracing need a model that knows facts; offline there is none. Th
   prompts with their true objects), so it completes the built-in facts (all 32 prompts, greedy);
 - `tiny-gpt2-corpus` (and `tiny-llama-corpus`): the same recipe without the fact statements, a weak LM
   that does not know the built-in facts: the offline model to teach them with canonical examples.
-- `tiny-backpack`: a tiny Backpack (tasks.editing.backpack; 4 layers, d 64, 4 senses) with the same
+- `tiny-backpack`: a tiny Backpack (tasks.editing.ops.backpack; 4 layers, d 64, 4 senses) with the same
   tokenizer, trained on the common corpus only (like tiny-gpt2-corpus): the offline model for sense
   fine-tuning; it shares its tokenizer with tiny-gpt2-corpus / tiny-gpt2-facts, so those can play the
   larger model of the ensemble.
@@ -81,7 +81,7 @@ def build_facts_model(
     build_tiny_causal_lm(path, arch="gpt2" if backpack else arch, corpus=corpus + facts, seed=seed, **layers)
     model, tokenizer = load_causal_lm(path)
     if backpack:  # same tokenizer and size, Backpack architecture
-        from tasks.editing.backpack import build_tiny_backpack
+        from tasks.editing.ops.backpack import build_tiny_backpack
 
         cfg = model.config
         model = build_tiny_backpack(cfg.vocab_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -115,7 +115,7 @@ def build_facts_model(
     model.zero_grad(set_to_none=True)
     path = Path(path)
     if backpack:
-        from tasks.editing.backpack import save_backpack
+        from tasks.editing.ops.backpack import save_backpack
 
         for stale in path.glob("*.safetensors"):
             stale.unlink()
@@ -129,7 +129,7 @@ def build_facts_model(
 def load_model(name: str, device: str = "cpu"):
     """(model, tokenizer) for a family built-in or any name `load_causal_lm` accepts; eval mode."""
     from tasks.common.models import load_causal_lm
-    from tasks.editing import backpack
+    from tasks.editing.ops import backpack
 
     path = model_path(name)
     if path in backpack.HUB_NAMES or backpack.is_backpack_dir(path):

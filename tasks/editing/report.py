@@ -57,10 +57,9 @@ def plot_trace(
     Token labels come from the rows (subject tokens marked with *), layers on the x axis; each panel's
     title gives the answer and the clean / corrupted probabilities. Writes a PNG at `path`; returns it.
     """
-    import matplotlib
+    from tasks.common.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = _level(df, "cell")
     if cells.empty:
@@ -89,12 +88,7 @@ def plot_trace(
             )
             ax.set_xlabel("layer", fontsize=8)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _bucket(t: int, start: int, end: int, n_tokens: int) -> str:

@@ -1,6 +1,6 @@
 """Balanced, short-context labelled text sets (labels +1 / -1) for the word-sensitivity experiments.
 
-What make_bert_embeddings.py / utils_data.py do (Bombari and Mondelli 2024; seeds.md A.2): walk the
+What make_bert_embeddings.py / utils_data.py do (Bombari and Mondelli 2024): walk the
 source in file order (IMDB: train then test), keep a text if its WordPiece count without special tokens
 is below `max_tokens` (240 in the original), accept each class until it has its quota, then shuffle and
 cut into train and test. Differences, each a named option:

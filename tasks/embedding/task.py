@@ -2,72 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import Field, model_validator
+from typing import Any
 
 from orchestrator.context import RunContext
-from orchestrator.registry import TaskParams, task
+from orchestrator.registry import task
+from tasks.common.setup import LMSetup, lm_setup
+from tasks.embedding.params import HiddenStatesParams
+
+__all__ = ["HiddenStatesParams", "hidden_states", "load"]
 
 
-class HiddenStatesParams(TaskParams):
-    model: str = "tiny-bert"  # a built-in name (tiny-bert, minilm), a local directory or a hub id
-    source: str = "synthetic"  # synthetic | imdb | path to .jsonl / .csv / .tsv with text and label
-    n_train: int = Field(100, ge=0)
-    n_test: int = Field(0, ge=0)
-    max_tokens: int = Field(112, ge=1)  # keep texts with fewer tokens (no special tokens); original 240
-    max_length: int = Field(128, ge=2)  # positions stored per text; original 256
-    layer: int | list[int] = 0  # hidden_states index, 0 = embedding output; a list writes one file each
-    batch_size: int = Field(32, ge=1)
-    padding: Literal["max_length", "longest"] = "max_length"
-    sort_by_length: bool = True
-    storage_dtype: Literal["float32", "float16"] = "float32"
-    stratify: bool = True
-    text_field: str = "text"
-    label_field: str = "label"
+def load(params: HiddenStatesParams, ctx: RunContext) -> LMSetup:
+    """The encoder and tokenizer on ctx.device; reused by every run with the same `model`."""
+    from tasks.common.models import load_encoder
 
-    @model_validator(mode="after")
-    def _check(self) -> HiddenStatesParams:
-        if self.n_train + self.n_test == 0:
-            raise ValueError("n_train + n_test must be > 0, got 0")
-        if self.max_tokens + 1 > self.max_length:
-            raise ValueError(f"max_tokens + 2 special tokens must fit in max_length: max_tokens={self.max_tokens}, "
-                             f"max_length={self.max_length}")
-        if isinstance(self.layer, list) and (not self.layer or min(self.layer) < 0):
-            raise ValueError(f"layer must be an int >= 0 or a non-empty list of them, got layer={self.layer}")
-        if isinstance(self.layer, int) and self.layer < 0:
-            raise ValueError(f"layer must be >= 0, got layer={self.layer}")
-        return self
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(set(self.layer)) if isinstance(self.layer, list) else [self.layer]
+    model, tokenizer = load_encoder(params.model, device=ctx.device)
+    return LMSetup(model, tokenizer, ctx.device)
 
 
-def load_encoder(params: HiddenStatesParams, ctx: RunContext) -> Any:
-    """(model, tokenizer) on ctx.device; reused by every run with the same `model`."""
-    from tasks.common.models import load_encoder as load
-
-    return load(params.model, device=ctx.device)
-
-
-@task("embedding.hidden_states", params=HiddenStatesParams, version=1, setup=load_encoder,
+@task("embedding.hidden_states", params=HiddenStatesParams, version=1, setup=load,
       setup_keys=("model",), resources={"num_cpus": 1},
       smoke={"model": "tiny-bert", "n_train": 4, "n_test": 2, "max_tokens": 24, "max_length": 32, "layer": [0, 2]})
 def hidden_states(params: HiddenStatesParams, ctx: RunContext) -> list[dict[str, Any]]:
-    """Hidden states of encoder layer(s) for a balanced labelled text set (Bombari and Mondelli 2024, A.2).
+    """Hidden states of encoder layer(s) for a balanced labelled text set (Bombari and Mondelli 2024).
 
     Builds the text set (data.build_text_set: the first texts of each class shorter than max_tokens,
     shuffled with ctx.seed), runs the encoder once for all requested layers (batched, sorted by length,
     inference mode, ctx.device) and writes `layer{L}.safetensors` per layer plus texts.jsonl and meta.json
-    (artifacts.py). Rows: one per layer with sizes (timings go to meta.json, so rows are deterministic).
+    (tasks.common.artifacts). Rows: one per layer with sizes (timings go to meta.json, so rows are deterministic).
     """
     import torch
 
-    from tasks.embedding import artifacts, compute
+    from tasks.common.artifacts import write_json
     from tasks.embedding.data import build_text_set
+    from tasks.embedding.ops.hidden_states import hidden_states as encode
 
-    model, tokenizer = ctx.setup
+    model, tokenizer = lm_setup(ctx, params, load)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and params.max_length > positions:
         raise ValueError(f"max_length={params.max_length} exceeds the model's {positions} positions")
@@ -78,15 +48,34 @@ def hidden_states(params: HiddenStatesParams, ctx: RunContext) -> list[dict[str,
     texts = build_text_set(params.source, params.n_train, params.n_test, count_tokens,
                            max_tokens=params.max_tokens, seed=ctx.seed, stratify=params.stratify,
                            text_field=params.text_field, label_field=params.label_field)
-    enc = compute.hidden_states(model, tokenizer, texts.texts, params.layers, max_length=params.max_length,
-                                batch_size=params.batch_size, padding=params.padding,
-                                sort_by_length=params.sort_by_length,
-                                storage_dtype=getattr(torch, params.storage_dtype))
-    labels = torch.tensor(texts.labels, dtype=torch.long)
-    is_test = torch.tensor([s == "test" for s in texts.splits], dtype=torch.long)
-    meta = {"model": params.model, "source": params.source, "max_length": str(params.max_length),
+    enc = encode(model, tokenizer, texts.texts, params.layers, max_length=params.max_length,
+                 batch_size=params.batch_size, padding=params.padding, sort_by_length=params.sort_by_length,
+                 storage_dtype=getattr(torch, params.storage_dtype))
+    rows = _write_layers(ctx, params, model, texts, enc)
+    timing = {"seconds": enc.seconds, "tokens_per_s": enc.real_tokens / enc.seconds}
+    ctx.logger.info("embedded %d texts (%d tokens) in %.2f s", len(texts), enc.real_tokens, enc.seconds)
+    write_json(ctx.artifact_dir / "meta.json", {**_meta(params, model), "layers": params.layers,
+                                                "n_train": params.n_train, "n_test": params.n_test, "timing": timing})
+    return rows
+
+
+def _meta(params: HiddenStatesParams, model: Any) -> dict[str, str]:
+    return {"model": params.model, "source": params.source, "max_length": str(params.max_length),
             "padding": params.padding, "width": str(model.config.hidden_size),
             "depth": str(model.config.num_hidden_layers)}
+
+
+def _write_layers(
+    ctx: RunContext, params: HiddenStatesParams, model: Any, texts: Any, enc: Any
+) -> list[dict[str, Any]]:
+    """Write `layer{L}.safetensors` per layer and texts.jsonl; one row per layer."""
+    import torch
+
+    from tasks.common import artifacts
+
+    labels = torch.tensor(texts.labels, dtype=torch.long)
+    is_test = torch.tensor([s == "test" for s in texts.splits], dtype=torch.long)
+    meta = _meta(params, model)
     rows = []
     for layer in params.layers:
         path = artifacts.write_layer(
@@ -102,8 +91,4 @@ def hidden_states(params: HiddenStatesParams, ctx: RunContext) -> list[dict[str,
                          [{"index": j, "split": s, "label": y, "tokens": k, "text": t} for j, (t, y, s, k) in
                           enumerate(zip(texts.texts, texts.labels, texts.splits, texts.token_counts, strict=True))],
                          lines=True)
-    timing = {"seconds": enc.seconds, "tokens_per_s": enc.real_tokens / enc.seconds}
-    ctx.logger.info("embedded %d texts (%d tokens) in %.2f s", len(texts), enc.real_tokens, enc.seconds)
-    artifacts.write_json(ctx.artifact_dir / "meta.json", {**meta, "layers": params.layers, "n_train": params.n_train,
-                                                           "n_test": params.n_test, "timing": timing})
     return rows

@@ -50,10 +50,9 @@ def noise_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_update_norms(df: pd.DataFrame, path: str | Path, value: str = "update_norm", max_runs: int = 6) -> Path:
     """Heat maps (layer x step) of `value` (update_norm, grad_norm or weight_change_norm), one per run."""
-    import matplotlib
+    from tasks.common.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = _level(df, "layer").copy()
     if layers.empty:
@@ -80,12 +79,7 @@ def plot_update_norms(df: pd.DataFrame, path: str | Path, value: str = "update_n
             label += f", lr {part['lr'].iloc[0]:g}"
         ax.set_title(f"{value} {label}".strip(), fontsize=8)
         fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def report_swap(df: pd.DataFrame, out_dir: Path) -> list[object]:

@@ -22,10 +22,9 @@ def _ok(df: Any) -> Any:
 def plot_sensitivity(df: Any, path: str | Path) -> Path:
     """One panel per map: mean S against n (log-log) with standard-error bars, a line per (dataset, layer,
     d, L); RF-like maps get a dotted n^(-1/2) reference through their first point. Returns the PNG path."""
-    import matplotlib
+    from tasks.common.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FormatStrFormatter, NullFormatter, ScalarFormatter
 
     df = _ok(df).dropna(subset=["S", "n"])
@@ -60,12 +59,7 @@ def plot_sensitivity(df: Any, path: str | Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("word sensitivity S")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def generalisation_table(df: Any) -> Any:

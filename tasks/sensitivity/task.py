@@ -1,69 +1,25 @@
-"""Adapters: params in, rows out, for the word-sensitivity and generalisation experiments."""
+"""Adapters: params in, rows out, for the word-sensitivity and generalisation experiments (Bombari and
+Mondelli 2024). Params in `tasks.sensitivity.params`, maths in `tasks.sensitivity.ops`; no setup (the maps
+are drawn per run from its seed)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import Field, model_validator
+from typing import Any
 
 from orchestrator.context import RunContext
-from orchestrator.registry import TaskParams, task
+from orchestrator.registry import task
+from tasks.sensitivity.params import GeneralisationParams, SensitivityCommon, WordSensitivityParams
+
+__all__ = ["GeneralisationParams", "WordSensitivityParams", "generalisation", "word_sensitivity"]
 
 
-class _Common(TaskParams):
-    dataset: Literal["synthetic", "upstream"] = "synthetic"  # upstream: embeddings of the `needs` stage
-    d: int = Field(32, ge=1)  # embedding width used (first d coordinates of upstream embeddings)
-    n: int = Field(10, ge=1)  # context length (first n token rows)
-    lr: float | None = Field(None, gt=0)  # None: the original's value for the map
-    steps: int | None = Field(None, ge=0)  # None: 300 for rf/drf, 50 * n for the attention maps
-    repetitions: int = Field(1, ge=1)  # independent draws (weights, sample, noise) in this run
-    seed: int = 0  # repetitions' seeds derive from ctx.seed (= this, under the orchestrator)
-    layer: int = Field(0, ge=0)  # upstream: which layer's embeddings (matched with the embedding stage)
-    rows: Literal["all", "real"] = "all"  # upstream: first n rows as the original, or only texts >= n tokens
-    split: Literal["all", "train", "test"] = "all"  # upstream: which texts to draw from
-    upstream_stage: str = "embed"
-    max_weight_gb: float = Field(16.0, gt=0)  # refuse dense matrices larger than this
-
-
-class WordSensitivityParams(_Common):
-    map: Literal["rf", "drf", "raf", "raf_relu"] = "raf"
-    L: int = Field(1, ge=1)  # DRF depth; 1 for the other maps
-    token_index: int | Literal["max"] = 0  # the token perturbed; "max": every token, keep the largest S
-    ball_center: Literal["x0", "noisy_start"] = "x0"  # the paper's ball, or the original code's (quirk 2)
-    init_noise: float = Field(0.1, ge=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> WordSensitivityParams:
-        if self.map != "drf" and self.L != 1:
-            raise ValueError(f"L is the depth of drf; map={self.map} needs L=1, got L={self.L}")
-        if isinstance(self.token_index, int) and not 0 <= self.token_index < self.n:
-            raise ValueError(f"token_index must be in [0, n={self.n}) or 'max', got token_index={self.token_index}")
-        return self
-
-
-class GeneralisationParams(_Common):
-    map: Literal["rf", "raf", "raf_relu"] = "raf"
-    training: Literal["fine_tuning", "total"] = "fine_tuning"
-    optim: Literal["loss", "feat_align", "features"] = "loss"
-    d: int = Field(16, ge=1)
-    n: int = Field(5, ge=1)
-    N: int = Field(40, ge=1)  # training samples; the original: 1100 to 1300 with d = 768
-    token_index: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> GeneralisationParams:
-        if self.token_index >= self.n:
-            raise ValueError(f"token_index must be in [0, n={self.n}), got token_index={self.token_index}")
-        return self
-
-
-def _samples(params: _Common, ctx: RunContext, seeds: list[int], per_seed: int):
+def _samples(params: SensitivityCommon, ctx: RunContext, seeds: list[int], per_seed: int):
     """For each seed, `per_seed` distinct upstream embeddings: X (len(seeds) * per_seed, n, d) float64 with
     rows rescaled to sqrt(d) (the original's preprocessing), their indices and labels."""
     import numpy as np
 
-    from tasks.embedding.artifacts import find_layer
-    from tasks.sensitivity import compute
+    from tasks.common.artifacts import find_layer
+    from tasks.sensitivity import ops
 
     stage = params.upstream_stage
     if stage not in ctx.upstream:
@@ -75,8 +31,8 @@ def _samples(params: _Common, ctx: RunContext, seeds: list[int], per_seed: int):
         raise ValueError(f"{emb.path}: {len(pool)} texts have n={params.n} usable rows (rows={params.rows}, "
                          f"split={params.split}); need {per_seed}")
     chosen = [pool[j] for s in seeds
-              for j in np.random.default_rng(compute.child_seed(s, 8)).choice(len(pool), per_seed, replace=False)]
-    X = compute.rescale_rows(emb.read(chosen, params.n, params.d)).to(ctx.device)
+              for j in np.random.default_rng(ops.child_seed(s, 8)).choice(len(pool), per_seed, replace=False)]
+    X = ops.rescale_rows(emb.read(chosen, params.n, params.d)).to(ctx.device)
     return X, chosen, [int(emb.labels[j]) for j in chosen]
 
 
@@ -88,7 +44,7 @@ def word_sensitivity(params: WordSensitivityParams, ctx: RunContext) -> list[dic
 
     Per repetition: fresh weights, a sample X (n, d) (synthetic N(0, 1) entries, or an upstream embedding
     with rows rescaled to sqrt(d)), and a projected gradient ascent of the RMS feature change over a
-    perturbation of one token (compute.sensitivity). Rows: d, n, L, S, norm = ||phi(X)|| as the original's
+    perturbation of one token (ops.sensitivity). Rows: d, n, L, S, norm = ||phi(X)|| as the original's
     output lines, plus the perturbed token, the realised ||Delta|| / sqrt(d) and the sample drawn.
     Defaults fix the original's quirks: seeded (quirk 4), ball centred at the token (quirk 2, option
     ball_center="noisy_start"), float64 everywhere (the original's raf_relu numpy path used float32).
@@ -98,18 +54,18 @@ def word_sensitivity(params: WordSensitivityParams, ctx: RunContext) -> list[dic
     """
     import torch
 
-    from tasks.sensitivity import compute
+    from tasks.sensitivity import ops
 
-    seeds = [compute.child_seed(ctx.seed, r) for r in range(params.repetitions)]
+    seeds = [ops.child_seed(ctx.seed, r) for r in range(params.repetitions)]
     if params.dataset == "synthetic":
-        X = torch.stack([compute.gaussian((params.n, params.d), compute.child_seed(s, 4), ctx.device) for s in seeds])
+        X = torch.stack([ops.gaussian((params.n, params.d), ops.child_seed(s, 4), ctx.device) for s in seeds])
         samples, labels = [-1] * params.repetitions, [0] * params.repetitions
     else:
         X, samples, labels = _samples(params, ctx, seeds, 1)
-    fmap = compute.make_map(params.map, params.n, params.d, seeds, params.L, ctx.device, params.max_weight_gb)
-    lr = params.lr if params.lr is not None else compute.SENSITIVITY_LR[params.map]
-    steps = params.steps if params.steps is not None else compute.default_steps(params.map, params.n)
-    found = compute.sensitivity(fmap, X, seeds, lr=lr, steps=steps, token_index=params.token_index,
+    fmap = ops.make_map(params.map, params.n, params.d, seeds, params.L, ctx.device, params.max_weight_gb)
+    lr = params.lr if params.lr is not None else ops.SENSITIVITY_LR[params.map]
+    steps = params.steps if params.steps is not None else ops.default_steps(params.map, params.n)
+    found = ops.sensitivity(fmap, X, seeds, lr=lr, steps=steps, token_index=params.token_index,
                                 ball_center=params.ball_center, init_noise=params.init_noise)
     return [
         {"d": params.d, "n": params.n, "L": params.L, "S": s.S, "norm": s.norm, "rep": r, "token": s.token,
@@ -135,25 +91,25 @@ def generalisation(params: GeneralisationParams, ctx: RunContext) -> list[dict[s
     """
     import torch
 
-    from tasks.sensitivity import compute
+    from tasks.sensitivity import ops
 
     D = params.n * params.d
-    compute.check_memory(f"generalisation with N={params.N}, n={params.n}, d={params.d}",
+    ops.check_memory(f"generalisation with N={params.N}, n={params.n}, d={params.d}",
                          4 * 8 * (params.N + 1) * D, params.max_weight_gb)  # features, SVD factors, stacked copy
-    lr = params.lr if params.lr is not None else compute.GENERALISATION_LR[params.map]
-    steps = params.steps if params.steps is not None else compute.default_steps(params.map, params.n)
+    lr = params.lr if params.lr is not None else ops.GENERALISATION_LR[params.map]
+    steps = params.steps if params.steps is not None else ops.default_steps(params.map, params.n)
     rows = []
     for r in range(params.repetitions):
-        seed = compute.child_seed(ctx.seed, r)
+        seed = ops.child_seed(ctx.seed, r)
         if params.dataset == "synthetic":
-            Xs, Y, x, y = compute.synthetic_training_set(params.N, params.n, params.d, seed, ctx.device)
+            Xs, Y, x, y = ops.synthetic_training_set(params.N, params.n, params.d, seed, ctx.device)
         else:
             X, _, labels = _samples(params, ctx, [seed], params.N + 1)
-            Yall = torch.tensor(labels, dtype=compute.DTYPE, device=ctx.device)
+            Yall = torch.tensor(labels, dtype=ops.DTYPE, device=ctx.device)
             x, y, Xs, Y = X[0], Yall[0], X[1:], Yall[1:]
-        fmap = compute.make_map(params.map, params.n, params.d, [compute.child_seed(seed, 9)], 1, ctx.device,
+        fmap = ops.make_map(params.map, params.n, params.d, [ops.child_seed(seed, 9)], 1, ctx.device,
                                 params.max_weight_gb)
-        g = compute.generalisation(fmap, Xs, Y, x, y, training=params.training, optim=params.optim, lr=lr,
+        g = ops.generalisation(fmap, Xs, Y, x, y, training=params.training, optim=params.optim, lr=lr,
                                    steps=steps, token_index=params.token_index)
         rows.append({"n": params.n, "d": params.d, "N": params.N, "t0": g.t0, "t1": g.t1, "D0": g.D0, "D1": g.D1,
                      "y": g.y, "rep": r, "delta_norm": g.delta_norm, "search_lr": lr, "search_steps": steps})

@@ -99,3 +99,51 @@ def test_undecorated_target_is_refused(installed: Path) -> None:
     (installed / "unitlab.py").write_text("def plain(params, ctx):\n    return {}\n")
     with pytest.raises(UnknownTaskError, match="not a registered task"):
         registry.get_task("unitlab:plain")
+
+
+def families(root: Path, package: str, maps: dict[str, str]) -> None:
+    """A package `package` under `root` with one subpackage per family, its `__init__.py` text from `maps`."""
+    (root / package).mkdir()
+    (root / package / "__init__.py").write_text("")
+    for family, text in maps.items():
+        (root / package / family).mkdir()
+        (root / package / family / "__init__.py").write_text(textwrap.dedent(text))
+
+
+def test_duplicate_name_across_families_is_refused(installed: Path) -> None:
+    # Invariant: two built-in families declaring the same task name is an error naming both families.
+    families(installed, "unitlab_fams", {"one": 'TASKS = {"x.same": "unitlab:lab"}\n',
+                                         "two": 'TASKS = {"x.same": "unitlab:other"}\n'})
+    clash = r"'x.same' is registered twice: by unitlab_fams.one .* unitlab_fams.two"
+    with pytest.raises(UnknownTaskError, match=clash):
+        registry.family_maps("unitlab_fams")
+
+
+def test_duplicate_model_and_report_for_unknown_task_are_refused(installed: Path) -> None:
+    # Invariant: a built-in model name declared by two families, or a report for a task no family
+    # registers, is refused when the families are read.
+    families(installed, "unitlab_models", {"one": 'MODELS = {"tiny-x": "unitlab:a"}\n',
+                                           "two": 'MODELS = {"tiny-x": "unitlab:b"}\n'})
+    with pytest.raises(UnknownTaskError, match=r"built-in model name 'tiny-x' is registered twice"):
+        registry.family_maps("unitlab_models")
+    families(installed, "unitlab_reports", {"one": 'TASKS = {}\nREPORTS = {"x.none": "unitlab:r"}\n'})
+    with pytest.raises(UnknownTaskError, match=r"declares a report for 'x.none', which no family registers"):
+        registry.family_maps("unitlab_reports")
+
+
+def test_family_map_key_must_match_the_task_name(installed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Invariant: a family's TASKS key that differs from the @task name is refused on lookup.
+    (installed / "unitlab.py").write_text(MODULE)
+    families(installed, "unitlab_keys", {"fam": 'TASKS = {"unit.renamed": "unitlab:lab"}\n'})
+    monkeypatch.setattr(registry, "TASK_PACKAGE", "unitlab_keys")
+    with pytest.raises(UnknownTaskError, match=r"unitlab_keys.fam registers 'unit.renamed' .* @task\('unit.lab'\)"):
+        registry.get_task("unit.renamed")
+
+
+def test_every_builtin_name_resolves_to_its_own_task() -> None:
+    # Invariant: every built-in TASKS key equals its function's @task name; every report hook and
+    # built-in model builder imports.
+    for name in registry.task_map():
+        assert registry.get_task(name).name == name
+    for target in [*registry.report_map().values(), *registry.model_map().values()]:
+        assert callable(registry.import_target(target))

@@ -20,7 +20,7 @@ METHODS = (
     "attention",
     "attention_rollout",
     "attention_last",
-)
+)  # = ("reagent", *GRADIENT_METHODS, *ATTENTION_METHODS): tests/unit/attribution/test_methods.py
 
 
 @dataclass
@@ -32,18 +32,11 @@ class Attribution:
 
 
 def _baseline_fn(method: str):
-    from tasks.attribution.ops import attention, gradients
+    """The baseline `method`: from the shared table of gradient methods or this family's attention table."""
+    from tasks.attribution.ops.attention import ATTENTION_METHODS
+    from tasks.common.gradients import GRADIENT_METHODS
 
-    table = {
-        "norm": gradients.norm,
-        "gradient_shap": gradients.gradient_shap,
-        "integrated_gradients": gradients.integrated_gradients,
-        "input_x_gradient": gradients.input_x_gradient,
-        "attention": attention.attention,
-        "attention_rollout": attention.attention_rollout,
-        "attention_last": attention.attention_last,
-    }
-    return table[method]
+    return {**GRADIENT_METHODS, **ATTENTION_METHODS}[method]
 
 
 def attribute(

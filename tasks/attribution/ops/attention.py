@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tasks.attribution.ops.lm import eager_attention
+from tasks.common.lm import eager_attention
 
 
 def attention_maps(model: Any, ids: torch.Tensor) -> torch.Tensor:  # (L,) -> (layers, L, L)
@@ -64,3 +64,7 @@ def attention_last(model: Any, ids: torch.Tensor, target: int, normalization: st
 def attention_rollout(model: Any, ids: torch.Tensor, target: int, normalization: str = "original", **_: Any):
     """Attention rollout with 0.5 residual mixing, last position's row, softmaxed."""
     return _normalize(attention_row(attention_maps(model, ids), "rollout"), normalization)
+
+
+# name -> fn(model, ids, target, normalization=...) -> (L,) scores
+ATTENTION_METHODS = {"attention": attention, "attention_rollout": attention_rollout, "attention_last": attention_last}

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tasks.attribution.ops.lm import last_logits, token_embeddings
+from tasks.common.lm import last_logits, token_embeddings
 
 
 def distance(p: torch.Tensor, q: torch.Tensor, kind: str = "sq_hellinger_sqrt2") -> torch.Tensor:

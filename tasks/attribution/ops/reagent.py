@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from tasks.attribution.ops.lm import last_logits, right_pad
+from tasks.common.lm import last_logits, right_pad
 
 
 @dataclass(frozen=True)

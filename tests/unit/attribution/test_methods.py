@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.attribution.ops import METHODS, attribute, gradients
+from tasks.attribution.ops import METHODS, attribute
 from tasks.attribution.ops.attention import attention_maps, attention_row
 from tasks.attribution.ops.reagent import ReagentConfig
 from tasks.attribution.ops.samplers import UniformSampler
+from tasks.common import gradients
 
 IDS = [40, 300, 57, 120, 9, 211, 33]
 
@@ -126,3 +127,11 @@ def test_attention_maps_under_sdpa_model(tiny_paths):
     assert maps.shape == (2, len(IDS), len(IDS))
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, len(IDS), dtype=torch.float64))
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_one_table_of_methods():
+    # Invariant: the method names are the shared gradient table and the attention table, in METHODS' order.
+    from tasks.attribution.ops.attention import ATTENTION_METHODS
+    from tasks.common.gradients import GRADIENT_METHODS
+
+    assert ("reagent", *GRADIENT_METHODS, *ATTENTION_METHODS) == METHODS

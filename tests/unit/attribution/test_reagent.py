@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from tasks.attribution.ops.lm import last_logits, right_pad
 from tasks.attribution.ops.reagent import ReagentConfig, reagent
 from tasks.attribution.ops.samplers import (
     InferentialSampler,
@@ -17,6 +16,7 @@ from tasks.attribution.ops.samplers import (
     load_tag_map,
     make_sampler,
 )
+from tasks.common.lm import last_logits, right_pad
 
 IDS = torch.tensor([40, 300, 57, 120, 9, 211, 33])
 

@@ -16,8 +16,8 @@ def tiny_pair(tmp_path_factory) -> dict[str, Path]:
     """{"base": a fresh tiny GPT-2 (random weights), "narrow": the same model fine-tuned on data.NARROW_TEXT}."""
     from tasks.common.models import load_causal_lm
     from tasks.common.tiny import build_tiny_causal_lm
-    from tasks.diversity.compute import finetune_on_text
     from tasks.diversity.data import NARROW_TEXT
+    from tasks.diversity.ops.finetune import finetune_on_text
 
     root = tmp_path_factory.mktemp("diversity-models")
     base = build_tiny_causal_lm(root / "base", arch="gpt2", seed=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.diversity import compute
+from tasks.diversity import ops as compute
 
 DATA = Path("/work/shared/data/mode_collapse")
 SHIPPED = DATA / "completions_pythia-2.8b_T1.0.jsonl"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.diversity import compute
+from tasks.diversity import ops as compute
 
 
 class ConstantLM(torch.nn.Module):

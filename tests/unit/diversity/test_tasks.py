@@ -10,16 +10,18 @@ import pytest
 import torch
 
 from orchestrator.context import Upstream, local_context
-from tasks.diversity import compute
+from tasks.diversity import ops as compute
 from tasks.diversity.task import (
     CompletionsParams,
     NextTokenParams,
     OutputDiversityParams,
     completions,
     load_embedder,
-    load_lm,
     next_token,
     output_diversity,
+)
+from tasks.diversity.task import (
+    load as load_lm,
 )
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.editing.backpack import build_tiny_backpack, load_backpack, save_backpack
 from tasks.editing.data import EditingData, Example
+from tasks.editing.ops.backpack import build_tiny_backpack, load_backpack, save_backpack
 
 NAMES = [f"n{i}" for i in range(24)]
 CITIES = [f"c{i}" for i in range(6)]
@@ -158,7 +158,7 @@ def test_load_a_state_dict_laid_out_as_the_originals_modules(world, tmp_path, fi
 
 
 def test_sense_offsets_select_and_add_exactly(world):
-    from tasks.editing.senses import SenseOffsets
+    from tasks.editing.ops.senses import SenseOffsets
 
     model, tokenizer, *_ = world
     k, d = model.config.num_senses, model.config.n_embd
@@ -188,8 +188,9 @@ def _dataset(facts, prefixes):
 
 @pytest.fixture(scope="module")
 def sense_edit(world):
-    from tasks.editing import compute, evaluation, senses
-    from tasks.editing import finetune as ft
+    from tasks.editing.ops import evaluation, senses
+    from tasks.editing.ops import finetune as ft
+    from tasks.editing.ops import losses as compute
 
     model, tokenizer, general, facts = world
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -209,7 +210,7 @@ def sense_edit(world):
 
 @SENSE_FIXTURE_XFAIL
 def test_sense_finetuning_learns_planted_fact_only_offsets_change(world, sense_edit):
-    from tasks.editing import finetune as ft
+    from tasks.editing.ops import finetune as ft
 
     model = world[0]
     trained, pairs, before, after, before_state, _, _ = sense_edit
@@ -259,8 +260,9 @@ def large_lm(world):
 
 
 def test_ensemble_beta_search_keeps_general_loss_inside_the_league(world, sense_edit, large_lm):
-    from tasks.editing import compute, evaluation
-    from tasks.editing.ensemble import EnsembleLM, search_beta
+    from tasks.editing.ops import evaluation
+    from tasks.editing.ops import losses as compute
+    from tasks.editing.ops.ensemble import EnsembleLM, search_beta
 
     _, tokenizer, general, _ = world
     trained, _, _, _, _, _data, sets = sense_edit
@@ -308,8 +310,8 @@ def _padded_logits(model, extra: int):
 def test_ensemble_combines_over_the_larger_models_vocabulary(world, sense_edit, large_lm):
     # invariant: the ensemble and its G_0 see only the tokenizer's ids: padding the larger model's logits
     # changes neither (the original slices both models to 50257 and scores G_0 on the sliced GPT-J)
-    from tasks.editing import compute
-    from tasks.editing.ensemble import EnsembleLM, search_beta
+    from tasks.editing.ops import losses as compute
+    from tasks.editing.ops.ensemble import EnsembleLM, search_beta
 
     _, tokenizer, general, _ = world
     trained = sense_edit[0]
@@ -424,7 +426,7 @@ def test_memit_task_edits_and_restores(world, large_lm, world_data, tmp_path):
 
 def test_full_and_lora_on_the_backpack_target_the_contextualisation_network(world):
     # the original's LoRA targets backpack.gpt2_model.h.*.mlp.c_fc|c_proj; arch lookups see that GPT-2
-    from tasks.editing import finetune as ft
+    from tasks.editing.ops import finetune as ft
 
     model, tokenizer, *_ = world
     ids = torch.tensor([tokenizer("n1 lives in")["input_ids"]])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.editing import compute, evaluation, finetune
 from tasks.editing.data import DATASETS, Example
+from tasks.editing.ops import evaluation, finetune
+from tasks.editing.ops import losses as compute
 
 
 def _n(p: float) -> float:

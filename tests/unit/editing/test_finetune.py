@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from orchestrator.context import local_context
-from tasks.editing import compute, data, finetune
+from tasks.editing import data
+from tasks.editing.ops import finetune
+from tasks.editing.ops import losses as compute
 from tasks.editing.task import FinetuneParams, _split_general
 from tasks.editing.task import finetune as finetune_task
 

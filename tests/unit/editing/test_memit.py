@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.editing import memit, rome
+from tasks.editing.ops import memit, rome
 
 TEMPLATES = ["{}", "the a . {}", "it was on the . {}", "he . {}", "by a and of to . {}", "she was at . {}"]
 

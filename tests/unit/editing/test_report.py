@@ -71,7 +71,7 @@ def test_row_columns_never_reuse_parameter_names(planted_trace):
     # the orchestrator refuses a row column named like a parameter with another value
     import numpy as np
 
-    from tasks.editing.evaluation import EvalResult, comparison_rows
+    from tasks.editing.ops.evaluation import EvalResult, comparison_rows
     from tasks.editing.task import CausalTraceParams, FinetuneParams
 
     result = EvalResult(np.zeros((1, 1)), np.zeros(1, bool), np.zeros(1), 1.0, 1.0, 3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from orchestrator.context import local_context
-from tasks.editing import _arch, rome
+from tasks.editing.ops import _arch, rome
 from tasks.editing.task import RomeParams, rome_edit
 
 

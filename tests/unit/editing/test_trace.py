@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from orchestrator.context import local_context
-from tasks.editing import trace
+from tasks.common.tokens import subject_token_range
+from tasks.editing.ops import trace
 from tasks.editing.task import CausalTraceParams, TraceFact, causal_trace
-from tasks.editing.tokens import subject_token_range
 
 
 def test_window_layers_follow_the_code_not_the_paper():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tasks.embedding.compute import hidden_states
+from tasks.embedding.ops.hidden_states import hidden_states
 
 TEXTS = ["the film was good .", "a", "i hated this movie . the plot is dull and the cast is weak .",
          "what a lovely story .", "we watched it on a friday evening ."]

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from orchestrator.context import local_context
-from tasks.embedding.artifacts import EmbeddingFile, find_layer
+from tasks.common.artifacts import EmbeddingFile, find_layer
 from tasks.embedding.task import HiddenStatesParams, hidden_states
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.probing import compute
+from tasks.probing import ops as compute
 
 
 def test_variant_text():
@@ -125,7 +125,7 @@ def test_keep_output_edits_the_input_side_only(planted_lm):
 
 def test_injection_sgd_update_is_lr_times_gradient(planted_lm):
     """With SGD the step-1 update norm of every group is lr x its gradient norm; frozen groups stay 0."""
-    from tasks.editing.finetune import prepare_model
+    from tasks.common.trainable import prepare_model
 
     model, tokenizer = planted_lm
     trained = prepare_model(model, "layers", trainable_layers=[0])

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.context import local_context
-from tasks.sensitivity import compute as C
+from tasks.sensitivity import ops as C
 from tasks.sensitivity.report import decay_ratios
 from tasks.sensitivity.task import WordSensitivityParams, word_sensitivity
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.sensitivity import compute as C
+from tasks.sensitivity import ops as C
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.sensitivity import compute as C
+from tasks.sensitivity import ops as C
 
 
 def _sample(n, d, seed=0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orchestrator.context import Upstream, local_context
-from tasks.embedding.artifacts import write_layer
+from tasks.common.artifacts import write_layer
 from tasks.sensitivity.task import GeneralisationParams, WordSensitivityParams, generalisation, word_sensitivity
 
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tasks.editing import _arch
-from tasks.editing.tokens import subject_last_index
+from tasks.common.tokens import subject_last_index
+from tasks.editing.ops import _arch
 
 DEFAULT_TEMPLATE_LENGTHS = ((5, 10), (10, 10))
 KL_PROMPT = "{} is a"

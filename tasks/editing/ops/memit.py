@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tasks.editing import _arch, rome
-from tasks.editing.tokens import subject_last_index
+from tasks.common.tokens import subject_last_index
+from tasks.editing.ops import _arch, rome
 
 
 @dataclass(frozen=True)

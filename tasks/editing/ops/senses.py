@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from tasks.editing.compute import encode_example
+from tasks.editing.ops.losses import encode_example
 
 
 class SenseOffsets(nn.Module):
@@ -109,7 +111,7 @@ def select_senses(
 def prepare_sense_model(model, pairs: Sequence[tuple[int, int]]):
     """A deep copy of the Backpack with every parameter frozen and trainable offsets on `pairs`."""
     if not hasattr(model, "sense_vectors"):
-        raise ValueError("method senses needs a Backpack model (tasks.editing.backpack)")
+        raise ValueError("method senses needs a Backpack model (tasks.editing.ops.backpack)")
     if not pairs:
         raise ValueError("sense selection chose no (token, sense) pair")
     trained = copy.deepcopy(model)
@@ -122,3 +124,24 @@ def prepare_sense_model(model, pairs: Sequence[tuple[int, int]]):
         next(model.parameters()).device
     )
     return trained
+
+
+OFFSETS_FILE = "sense_offsets.safetensors"
+
+
+def save_offsets(directory, pairs, offsets) -> None:
+    """The selected (token, sense) pairs and their offsets at the reported epoch (the original saved them
+    for the ensemble whenever an epoch was inside the league; the last such epoch wins, as here)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), "offsets": offsets.contiguous()},
+              str(Path(directory) / OFFSETS_FILE))
+
+
+def load_offsets(path) -> tuple[list[tuple[int, int]], Any]:
+    """The (token, sense) pairs and offsets written by `save_offsets`."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    return [(int(v), int(sense)) for v, sense in state["pairs"].tolist()], state["offsets"]

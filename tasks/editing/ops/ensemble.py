@@ -73,7 +73,7 @@ def search_beta(large, backpack, general_chunks, league: float, device, *, vocab
     """The largest beta in start, start - step, ... whose general loss is < G_0 (1 + league); 0 otherwise.
 
     G_0 = the general loss of the larger model sliced to `vocab_size` (the ensemble at beta = 0)."""
-    from tasks.editing.compute import text_loss
+    from tasks.editing.ops.losses import text_loss
 
     g0, _ = text_loss(EnsembleLM(large, backpack, 0.0, vocab_size), general_chunks, device)
     tried = []

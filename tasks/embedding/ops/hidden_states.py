@@ -1,8 +1,8 @@
 """Encoder hidden states for every token of a list of texts, batched and sorted by length.
 
-make_bert_embeddings.py (Bombari and Mondelli 2024; seeds.md A.2) tokenises with padding="max_length",
-truncation, max_length=256 and runs BertModel(output_hidden_states=True) in batches of 20 under no_grad,
-keeping hidden_states[layer] (layer 0 = the embedding layer's output). Here:
+make_bert_embeddings.py (Bombari and Mondelli 2024, simone-bombari/attention-sensitivity) tokenises with
+padding="max_length", truncation, max_length=256 and runs BertModel(output_hidden_states=True) in batches of
+20 under no_grad, keeping hidden_states[layer] (layer 0 = the embedding layer's output). Here:
 - texts are sorted by token count (longest first, so memory runs out on the first batch if it does) and
   batched; outputs are put back in input order;
 - `padding="max_length"` (default) pads every text to max_length as the original, so rows past the text

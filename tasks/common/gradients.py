@@ -1,4 +1,7 @@
-"""Gradient baselines of the ReAGent paper, as the original ran them (casszhao/ReAGent grad.py and inseq.py).
+"""Gradient attribution methods, as the ReAGent original ran them (casszhao/ReAGent grad.py and inseq.py).
+
+Shared by attribution (the ReAGent baselines) and probing (input saliency). `GRADIENT_METHODS` is the one
+table of these methods (name -> fn(model, ids, target, tokenizer=..., normalization=..., seed=...)).
 
 All work on the word-token embeddings E (L, d) fed as `inputs_embeds`, so the model still adds its
 position embeddings.
@@ -29,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.attribution.ops.lm import last_logits, token_embeddings
+from tasks.common.lm import last_logits, token_embeddings
 
 
-def _target_fn(model: Any, target: int, log: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def target_fn(model: Any, target: int, log: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """embeds (batch, L, d) -> (batch,) p(target) (or log p) at the last position."""
     def forward(embeds: torch.Tensor) -> torch.Tensor:  # (batch, L, d) -> (batch,)
         last = torch.full((embeds.shape[0],), embeds.shape[1] - 1, device=embeds.device)
         logits = last_logits(model, last, inputs_embeds=embeds).float()
@@ -71,7 +75,8 @@ def numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def _inputs(model: Any, ids: torch.Tensor) -> torch.Tensor:  # (L,) -> (1, L, d), a leaf that needs grad
+def input_embeddings(model: Any, ids: torch.Tensor) -> torch.Tensor:  # (L,) -> (1, L, d), a leaf that needs grad
+    """The word-token embeddings of `ids` as a leaf tensor that requires grad (fed as `inputs_embeds`)."""
     with torch.no_grad():
         embeds = token_embeddings(model, ids[None])
     return embeds.detach().requires_grad_(True)
@@ -79,9 +84,9 @@ def _inputs(model: Any, ids: torch.Tensor) -> torch.Tensor:  # (L,) -> (1, L, d)
 
 def norm(model: Any, ids: torch.Tensor, target: int, normalization: str = "original", **_: Any) -> torch.Tensor:
     """L2 norm of the gradient of log p(target) w.r.t. each token embedding; softmax (original)."""
-    embeds = _inputs(model, ids)
+    embeds = input_embeddings(model, ids)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(_target_fn(model, target, log=True)(embeds).sum(), embeds)
+        (grad,) = torch.autograd.grad(target_fn(model, target, log=True)(embeds).sum(), embeds)
     raw = grad[0].norm(dim=-1).double()
     return _normalize(raw, "softmax" if normalization == "original" else normalization).float()
 
@@ -100,8 +105,8 @@ def _captum(
 ) -> torch.Tensor:
     from captum.attr import GradientShap, InputXGradient, IntegratedGradients
 
-    embeds = _inputs(model, ids)
-    forward = _target_fn(model, target, log=False)
+    embeds = input_embeddings(model, ids)
+    forward = target_fn(model, target, log=False)
     base = baseline_ids(ids, tokenizer)
     with torch.no_grad():
         baseline = token_embeddings(model, base[None]) if base is not None else torch.zeros_like(embeds)
@@ -140,3 +145,13 @@ def gradient_shap(model, ids, target, tokenizer, normalization="original", seed=
 def input_x_gradient(model, ids, target, tokenizer, normalization="original", seed=0, **_: Any):
     """captum InputXGradient on token embeddings: gradient of p(target) times the embedding."""
     return _captum("input_x_gradient", model, tokenizer, ids, target, normalization, seed, 0, 0, None)
+
+
+# The one table of gradient methods: name -> fn(model, ids, target, tokenizer=..., normalization=..., seed=...,
+# internal_batch_size=...) -> (L,) scores.
+GRADIENT_METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "norm": norm,
+    "gradient_shap": gradient_shap,
+    "integrated_gradients": integrated_gradients,
+    "input_x_gradient": input_x_gradient,
+}

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.common.arch import attention, embedding, layers, mlp, mlp_out_proj, num_layers
+from tasks.common.arch import attention, embedding, layers, mlp, mlp_out_proj, mlp_projections, num_layers
 
 __all__ = [
     "attention", "down_proj", "embedding", "layers", "max_positions", "mlp", "mlp_projections", "n_layers",
     "weight_as_in_out",
 ]
-
-
-def _is_projection(module: Any) -> bool:
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, (torch.nn.Linear, Conv1D))
-
-
-def mlp_projections(model: Any, i: int) -> list[Any]:
-    """Every Linear / Conv1D matrix of layer i's MLP (GPT-2 c_fc and c_proj, Llama gate/up/down_proj)."""
-    return [m for m in mlp(model, i).modules() if _is_projection(m)]
 
 
 def down_proj(model: Any, i: int) -> Any:

@@ -23,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from tasks.editing import _arch
+from tasks.editing.ops import _arch
 
 SITES = ("hidden", "mlp", "attn")
 
@@ -177,3 +178,52 @@ def trace_grid(
             restore = [(t, near) for near in window_layers(layer, window, n_layers)]
             grid[t, layer] = patched_probability(model, inp, noise, site, restore, clean)
     return grid, p_clean, p_corrupted
+
+
+def fact_rows(
+    model, tokenizer, i: int, prompt: str, subject: str, target: str, scale: float, d: int, *,
+    sites: Sequence[str], window: int, samples: int, noise_seed: int, answer: str, only_correct: bool,
+) -> list[dict[str, Any]]:
+    """Trace fact `i` (prompt with "{}" for the subject, expected target): the rows of level "cell" (when
+    traced: the clean prediction matches the target, or not only_correct), then its row of level "fact"."""
+    from tasks.common.tokens import subject_token_range
+
+    device = next(model.parameters()).device
+    text = prompt.format(subject)
+    ids = tokenizer(text)["input_ids"]
+    start, end = subject_token_range(tokenizer, text, subject)
+    expected = tokenizer(" " + target.lstrip(), add_special_tokens=False)["input_ids"][0]
+    input_ids = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        predicted = int(model(input_ids=input_ids).logits[0, -1].argmax())
+    correct = predicted == expected
+    answer_id = predicted if answer == "predicted" else expected
+    traced = correct or not only_correct
+    fact_row = {
+        "level": "fact", "fact_index": i, "subject": subject, "prompt_text": text,
+        "answer_token": tokenizer.decode([answer_id]), "correct_prediction": correct, "traced": traced,
+        "noise_level": scale, "subject_start": start, "subject_end": end, "n_tokens": len(ids),
+    }
+    if not traced:
+        return [fact_row]
+    inp = TraceInput(input_ids, (start, end), answer_id)
+    noise = make_noise(samples, end - start, d, scale, noise_seed, device)
+    token_strings = [tokenizer.decode([t]) for t in ids]
+    rows: list[dict[str, Any]] = []
+    for site in sites:
+        site_window = 1 if site == "hidden" else window
+        grid, p_clean, p_corrupted = trace_grid(model, inp, site, noise, site_window)
+        fact_row.update(p_clean=p_clean, p_corrupted=p_corrupted)
+        for t in range(grid.shape[0]):
+            for layer in range(grid.shape[1]):
+                p = float(grid[t, layer])
+                rows.append(
+                    {
+                        "level": "cell", "fact_index": i, "subject": subject, "site": site,
+                        "restore_window": site_window, "layer": layer, "token_index": t, "token": token_strings[t],
+                        "is_subject": start <= t < end, "is_last_subject_token": t == end - 1,
+                        "p_restored": p, "indirect_effect": p - p_corrupted,
+                        "p_clean": p_clean, "p_corrupted": p_corrupted,
+                    }
+                )
+    return [*rows, fact_row]

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.editing.compute import encode_texts, example_statistic, example_success, score_examples, text_loss
 from tasks.editing.data import EditingData
+from tasks.editing.ops.losses import encode_texts, example_statistic, example_success, score_examples, text_loss
 
 DEFAULT_HARD_NEG_TOLERANCE = math.log(1.5)
 
@@ -184,3 +184,23 @@ def comparison_rows(
         }
     )
     return rows
+
+
+def league_rows(before, evaluations: list, leagues: list[float]) -> list[dict[str, Any]]:
+    """One row per degradation bound eps (level "league"): the metrics at the last epoch inside
+    G < G_0 (1 + eps), read off the same run, as the original's results file records every league.
+    Columns are prefixed `league_` so that the aggregate row's metrics (what tune selects on) are not
+    averaged with them."""
+    losses = [r.general_loss for r in evaluations]
+    out = []
+    for eps in leagues:
+        epoch = select_league_epoch(losses, eps)
+        at = evaluations[epoch]
+        out.append({
+            "level": "league", "league_bound": eps, "league_epoch": epoch,
+            "league_success": float(at.success.mean()) if len(at.success) else None,
+            "league_success_before": float(before.success.mean()) if len(before.success) else None,
+            "league_hard_negative_nll": float(at.hard_negative_nll.mean()) if len(at.hard_negative_nll) else None,
+            "league_degradation_general": at.general_loss / before.general_loss - 1,
+        })
+    return out

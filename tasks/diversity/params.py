@@ -1,0 +1,60 @@
+"""Parameter models of the diversity family (O'Mahony et al. 2024; defaults of lauraaisling/analyse-llms,
+quirks of the original behind named options)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from orchestrator.registry import TaskParams
+
+
+class NextTokenParams(TaskParams):
+    model: str = "tiny-gpt2"
+    dataset: str = "builtin"
+    text_field: str = "text"
+    max_docs: int | None = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_length: int | None = Field(None, ge=2)
+    context_len: int = Field(1, ge=1)
+    per_document: bool = True
+    prefix: Literal["bos", "original"] = "bos"
+    stats_positions: Literal["predicted", "all"] = "predicted"
+    zero_eps: float | None = Field(None, gt=0)
+    entropy_aggregate: Literal["tokens", "first_document"] = "tokens"
+    mean_probs_weighting: Literal["window", "token"] = "window"
+    mean_probs_flush_every: int | None = Field(None, ge=1)
+
+
+class CompletionsParams(TaskParams):
+    model: str = "tiny-gpt2"
+    prompt_set: str = "creative"
+    prompts_file: str | None = None
+    max_prompts: int | None = Field(None, ge=1)
+    template: str = "plm"
+    temperature: float = Field(1.0, gt=0)
+    n_samples: int = Field(25, ge=1)
+    batch_size: int = Field(25, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    keep_double_bos: bool = False
+
+
+class OutputDiversityParams(TaskParams):
+    model: str = "tiny-gpt2"
+    prompt_set: str = "creative"
+    temperature: float = Field(1.0, gt=0)
+    completions_stage: str = "completions"
+    completions_file: str | None = None
+    max_num_words: int | None = Field(20, ge=1)
+    embedder: str | None = "minilm"
+    jaccard_n: tuple[int, ...] = (2, 3, 4)
+    order_q: tuple[int, ...] = (2, 3, 4, 5, 6)
+    order_q_samples: int = Field(50, ge=1)
+    distinct_n: tuple[int, ...] = (1, 2, 3)
+    cosine_denominator: Literal["pairs", "nonzero"] = "pairs"
+    empty_target: Literal["skip", "nan"] = "skip"
+    jaccard_self_similarity: Literal["one", "jaccard"] = "one"
+    swap_creative_factual_keys: bool = False

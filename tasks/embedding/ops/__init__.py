@@ -1,0 +1,1 @@
+"""Maths of the embedding family: encoder hidden states per layer (`hidden_states`)."""
