@@ -17,10 +17,12 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Lay `fig` out, write it to `path` (parent directories created), close it; returns the path."""
+    """Lay `fig` out (tight, unless it has a layout engine of its own), write it to `path` (parent
+    directories created), close it; returns the path."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

@@ -61,25 +61,39 @@ def plot_update_norms(df: pd.DataFrame, path: str | Path, value: str = "update_n
                                         else f"L{int(v)}")
     runs = list(dict.fromkeys(layers["run_id"])) if "run_id" in layers.columns else [None]
     runs = runs[:max_runs]
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs) + 0.5), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs, strict=True):
+    grids = [_layer_grid(layers if run is None else layers[layers["run_id"] == run], value) for run in runs]
+    finite = np.concatenate([g.to_numpy(dtype=float).ravel() for g in grids])
+    finite = finite[np.isfinite(finite)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.4 * len(runs) + 0.8), squeeze=False, layout="constrained")
+    image = None
+    for ax, run, grid in zip(axes[:, 0], runs, grids, strict=True):
         part = layers if run is None else layers[layers["run_id"] == run]
-        grid = part.pivot_table(index="row", columns="step", values=value, aggfunc="mean")
-        order = sorted([r for r in grid.index if r != "other"], key=lambda r: int(r[1:])) + (
-            ["other"] if "other" in grid.index else [])
-        grid = grid.loc[order]
-        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_yticks(range(len(order)), order)
-        ax.set_xticks(range(grid.shape[1]), [str(int(c)) for c in grid.columns], fontsize=6)
-        ax.set_xlabel("step")
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", interpolation="nearest",
+                          vmin=vmin, vmax=vmax)  # one colour scale for every run of the figure
+        ax.set_yticks(range(len(grid.index)), list(grid.index), fontsize=9)
+        step_ticks = list(range(0, grid.shape[1], max(1, grid.shape[1] // 12)))
+        ax.set_xticks(step_ticks, [str(int(grid.columns[i])) for i in step_ticks], fontsize=9)
+        ax.set_xlabel("step", fontsize=10)
+        ax.set_ylabel("layer", fontsize=10)
         label = ""
         if "layer_set" in part.columns:
             label = f"trainable: {part['layer_set'].iloc[0]}"
         if "lr" in part.columns:
             label += f", lr {part['lr'].iloc[0]:g}"
-        ax.set_title(f"{value} {label}".strip(), fontsize=8)
-        fig.colorbar(image, ax=ax)
+        ax.set_title(label or str(run), fontsize=10)
+    bar = fig.colorbar(image, ax=list(axes[:, 0]), shrink=0.9)
+    bar.set_label(value.replace("_", " "), fontsize=10)
+    bar.ax.tick_params(labelsize=9)
     return save_figure(fig, path, dpi=120)
+
+
+def _layer_grid(part: pd.DataFrame, value: str) -> pd.DataFrame:
+    """`value` per (layer row, step), layers in order and "other" last."""
+    grid = part.pivot_table(index="row", columns="step", values=value, aggfunc="mean")
+    order = sorted([r for r in grid.index if r != "other"], key=lambda r: int(r[1:])) + (
+        ["other"] if "other" in grid.index else [])
+    return grid.loc[order]
 
 
 def report_swap(df: pd.DataFrame, out_dir: Path) -> list[object]:

@@ -181,3 +181,22 @@ def test_rows_never_reuse_parameter_or_orchestrator_names(planted_lm):
         columns = set().union(*(row.keys() for row in rows))
         assert not columns & (set(type(params).model_fields) | set(RESERVED_COLUMNS)), fn.__name__
         assert all(isinstance(v, (int, float, bool, str, type(None))) for row in rows for v in row.values())
+
+
+def test_update_norm_heat_maps_share_one_labelled_colour_scale(tmp_path, monkeypatch):
+    # Invariant: every run's heat map in one figure uses the same colour limits (the figure's min and max),
+    # with one colour bar labelled with the plotted quantity.
+    import tasks.common.figures as figures
+    from tasks.probing.report import plot_update_norms
+
+    rows = [{"status": "ok", "level": "layer", "run_id": run, "layer": layer, "step": step, "lr": lr,
+             "update_norm": scale * (layer + 1) * (step + 1)}
+            for run, lr, scale in (("a", 1e-3, 1.0), ("b", 1e-2, 10.0)) for layer in (0, 1) for step in range(3)]
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, dpi=110: captured.setdefault("fig", fig) and path)
+    plot_update_norms(pd.DataFrame(rows), tmp_path / "norms.png")
+    fig = captured["fig"]
+    images = [image for ax in fig.axes for image in ax.get_images()]
+    assert len(images) == 2 and {image.get_clim() for image in images} == {(1.0, 60.0)}
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "update norm"
