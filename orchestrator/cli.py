@@ -35,6 +35,7 @@ from orchestrator.schema import is_failure
 from orchestrator.spec import load_spec
 from orchestrator.status import StageSummary, summarize
 from orchestrator.store import ResultStore
+from orchestrator.tracking import TrackingOptions, parse_backends
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -51,6 +52,11 @@ GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPU
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into stages that hold another task's results "
                                         "(another spec with this sweep name).")]
+TrackOpt = Annotated[list[str] | None, typer.Option("--track", help="Log each stored run to an experiment tracker: "
+                                                   "mlflow, tensorboard, wandb (repeatable or a comma list; adds "
+                                                   "to the spec's `tracking: {backends: [...]}`).")]
+TrackDirOpt = Annotated[str | None, typer.Option("--track-dir", help="Where TensorBoard and W&B files go "
+                                                 "[<results>/<sweep>/tracking].")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
                                           "inline: every run in this process, one after another, no Ray "
                                           "(debugging with breakpoint()).")]
@@ -186,7 +192,7 @@ class RichProgress:
 
 def _execute(spec: Path, overrides: list[str] | None, results: str | None, address: str | None,
              num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool,
-             executor: str, force: bool) -> None:
+             executor: str, force: bool, tracking: TrackingOptions | None = None) -> None:
     connector: Connector | None = None
     progress = RichProgress()
     stopped_by: list[int] = []
@@ -203,7 +209,8 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
             raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
         clock = time.perf_counter()
         connector = Connector(sweep, executor, address, num_cpus, num_gpus, stages)
-        outcomes = run_sweep(sweep, store, connector, RunOptions(retry=retry, stages=stages, force=force), progress)
+        options = RunOptions(retry=retry, stages=stages, force=force, tracking=tracking)
+        outcomes = run_sweep(sweep, store, connector, options, progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
         failed_now = sum(o.failed for o in outcomes)
@@ -230,19 +237,57 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
 @app.command()
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-        executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
+        executor: ExecutorOpt = "ray", force: ForceOpt = False, track: TrackOpt = None,
+        track_dir: TrackDirOpt = None) -> None:
     """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed."""
     _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False, executor=executor,
-             force=force)
+             force=force, tracking=_tracking(track, track_dir))
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-          executor: ExecutorOpt = "ray", force: ForceOpt = False) -> None:
+          executor: ExecutorOpt = "ray", force: ForceOpt = False, track: TrackOpt = None,
+          track_dir: TrackDirOpt = None) -> None:
     """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history."""
     _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True, executor=executor,
-             force=force)
+             force=force, tracking=_tracking(track, track_dir))
+
+
+def _tracking(track: list[str] | None, track_dir: str | None) -> TrackingOptions:
+    try:
+        return TrackingOptions(parse_backends(track), track_dir)
+    except OrchestratorError as exc:
+        _fail(exc)
+        raise  # unreachable: _fail exits
+
+
+@app.command("export")
+def export_command(
+    spec: SpecArg,
+    to: Annotated[list[str], typer.Option("--to", help="mlflow, tensorboard, wandb (repeatable or a comma list).",
+                                          show_default=False)],
+    overrides: OverridesArg = None,
+    results: ResultsOpt = None,
+    stage: StageOpt = None,
+    track_dir: TrackDirOpt = None,
+) -> None:
+    """Log the runs already stored to experiment trackers; runs a tracker already holds are not logged twice."""
+    from orchestrator.tracking import export
+
+    try:
+        sweep, store = _load(spec, overrides, results)
+        unknown = [s for s in stage or [] if s not in sweep.stages]
+        if unknown:
+            raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
+        options = TrackingOptions(parse_backends(to, "--to"), track_dir or sweep.loaded.spec.tracking.dir,
+                                  sweep.loaded.spec.tracking.experiment)
+        done = export(sweep, store, options, stage)
+    except OrchestratorError as exc:
+        _fail(exc)
+    for backend in options.backends:
+        console.print(f"{backend}: logged {done.logged.get(backend, 0)} runs, {done.skipped.get(backend, 0)} "
+                      "already there")
 
 
 @app.command("slurm")
