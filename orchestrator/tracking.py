@@ -112,13 +112,15 @@ def tracked_run(rows: Sequence[dict[str, Any]], params: Iterable[str],
         raise ValueError("a tracked run needs at least one row")
     if step_rows is None:
         step_rows = [row for row in rows if _has_step(row)]
-        rows = [row for row in rows if not _has_step(row)] or list(rows[-1:])
+        rows = [row for row in rows if not _has_step(row)]  # none: a run stopped after its reports
     first = (rows or step_rows)[0]
     names = [p for p in params if p in first]
     skip = {*RESERVED_COLUMNS, *names, STEP}
     tags = {"run_id": str(first["run_id"]), "sweep": str(first["sweep"]), "stage": str(first["stage"]),
             "attempt": str(first.get("attempt", 1))}
     tags.update({column: str(first[column]) for column in _TAG_COLUMNS if first.get(column) is not None})
+    if first.get("error"):
+        tags["error"] = str(first["error"])[:1000]
     values = {p: first[p] for p in names}
     if "seed" not in values and first.get("seed") is not None:
         values["seed"] = first["seed"]
@@ -216,8 +218,8 @@ class MlflowTracker:
         created = self.client.create_run(self.experiment_id, run_name=run.name, tags=run.tags)
         mlflow_id = created.info.run_id
         now = int(time.time() * 1000)
-        params = [Param(k, _param_text(v)) for k, v in run.params.items()]
-        metrics = [Metric(k, v, now, step) for step, values in run.metrics for k, v in values.items()]
+        params = [Param(_mlflow_key(k), _param_text(v)) for k, v in run.params.items()]
+        metrics = [Metric(_mlflow_key(k), v, now, step) for step, values in run.metrics for k, v in values.items()]
         for start in range(0, len(params), 100):  # MLflow's limits per batch: 100 params, 1000 metrics
             self.client.log_batch(mlflow_id, params=params[start:start + 100])
         for start in range(0, len(metrics), 1000):
@@ -230,6 +232,11 @@ class MlflowTracker:
 
     def close(self) -> None:
         pass
+
+
+def _mlflow_key(name: str) -> str:
+    """A column name as MLflow accepts it: alphanumerics, `_ - . / :` and spaces (others become `_`)."""
+    return re.sub(r"[^\w\-. /:]", "_", name).strip("/") or "_"
 
 
 def _param_text(value: Any, limit: int = 6000) -> str:
@@ -300,7 +307,7 @@ class WandbTracker:
                                        disable_git=True)
         handle = self.wandb.init(
             project=self.project, group=run.stage, job_type=run.stage, name=run.name, id=run.key,
-            config={**run.params, **{f"tag.{k}": v for k, v in run.tags.items()}}, tags=[run.stage, run.tags["status"]],
+            config={**run.params, **{f"tag.{k}": v for k, v in run.tags.items()}}, tags=[run.stage, run.status],
             dir=str(self.directory), mode=None if os.environ.get("WANDB_MODE") else "offline",
             reinit="create_new", settings=settings,
         )
@@ -317,7 +324,7 @@ class WandbTracker:
         return True
 
     def close(self) -> None:
-        pass
+        self.wandb.teardown()  # stops W&B's service process, which would otherwise outlive the command
 
 
 # ---------------------------------------------------------------- the driver's side

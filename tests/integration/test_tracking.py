@@ -199,15 +199,16 @@ def test_wandb_offline_runs_read_back(tracked: dict[str, Any]) -> None:
 def test_export_to_mlflow_matches_run_and_is_idempotent(tracked: dict[str, Any],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Invariant: `export --to mlflow` logs what `run --track mlflow` logged; exporting again adds nothing.
-    uri = f"sqlite:///{tracked['work']}/exported.db"
-    args = ("export", str(tracked["spec"]), "--results", str(tracked["work"] / "results"), "--to", "mlflow")
-    first = cli(*args, cwd=tracked["work"], env={"MLFLOW_TRACKING_URI": uri})
+    uri = tracked["env"]["MLFLOW_TRACKING_URI"]  # the same store, another experiment (set by an override)
+    args = ("export", str(tracked["spec"]), "tracking.experiment=exported", "--results",
+            str(tracked["work"] / "results"), "--to", "mlflow")
+    first = cli(*args, cwd=tracked["work"], env=tracked["env"])
     assert first.returncode == 0 and "mlflow: logged 8 runs, 0 already there" in first.stderr, first.stderr
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # again, in this process (saves a second start-up)
     plan, store = open_sweep(tracked["spec"], tracked["work"] / "results")
-    again = export(plan, store, TrackingOptions(("mlflow",)))
+    again = export(plan, store, TrackingOptions(("mlflow",), experiment="exported"))
     assert (again.logged, again.skipped) == ({}, {"mlflow": 8})
-    exported, during_run = mlflow_runs(uri), mlflow_runs(tracked["env"]["MLFLOW_TRACKING_URI"])
+    exported, during_run = mlflow_runs(uri, "exported"), mlflow_runs(uri)
     assert len(exported) == 8
     columns = sorted(c for c in during_run.columns if c.startswith(("params.", "metrics.", "tags.")) and
                      c not in ("tags.mlflow.source.name", "tags.mlflow.user", "tags.mlflow.source.type"))
@@ -218,10 +219,11 @@ def test_export_to_mlflow_matches_run_and_is_idempotent(tracked: dict[str, Any],
         parse_backends(["mlflow,mlfow"], "--to")
 
 
-def test_step_rows_and_multi_row_runs_are_logged_as_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_step_rows_and_multi_row_runs_are_logged_as_steps(tracked: dict[str, Any], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Invariant: per-step reports are logged at their step, the result row after them; a run with several
     # result rows logs row i at step i; every backend reads back the same curve.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/steps.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["env"]["MLFLOW_TRACKING_URI"])  # experiment "steps"
     monkeypatch.delenv("WANDB_MODE", raising=False)
     base = {"sweep": "steps", "stage": "train", "task": "demo.x", "status": "ok", "attempt": 1, "lr": 0.1}
     steps = [{**base, "run_id": "aaaa", "step": s, "train_loss": 1.0 / (s + 1)} for s in range(3)]
@@ -253,6 +255,8 @@ def test_step_rows_and_multi_row_runs_are_logged_as_steps(tmp_path: Path, monkey
 
     [file] = (tmp_path / "tracking" / "wandb").glob("offline-run-*-train-bbbb/run-*.wandb")
     assert wandb_run(file)["history"] == {i: {"token": i, "score": 0.5 * i} for i in range(4)}
+    stopped = tracked_run(steps, ["lr"])  # only step rows stored (a run stopped after reporting): no extra step
+    assert [step for step, _ in stopped.metrics] == [0, 1, 2] and stopped.params == {"lr": 0.1}
 
 
 def test_a_failing_tracker_warns_once_and_loses_no_result(write_spec, tmp_path: Path,
@@ -278,3 +282,41 @@ def test_a_failing_tracker_warns_once_and_loses_no_result(write_spec, tmp_path: 
     assert len(ResultStore(tmp_path / "r", "down").read_stage("s")) == 3
     [note] = progress.notes
     assert note.startswith("tracking to mlflow failed at run ") and "export SPEC --to mlflow" in note
+
+
+def test_a_retried_run_is_a_second_tracked_run_beside_the_failed_attempt(tracked: dict[str, Any], write_spec,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Invariant: tracked runs are keyed by (stage, run_id, attempt), as the store keeps attempts: `retry` adds
+    # the new attempt, and exporting afterwards finds both already there.
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.api import run_spec
+    from orchestrator.runner import RunOptions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["env"]["MLFLOW_TRACKING_URI"])  # experiment "retried"
+    marker = tmp_path / "fail"
+    marker.write_text("")
+    spec = write_spec(f"name: retried\nstages:\n  s:\n    task: demo.flaky\n"
+                      f"    params: {{i: 2, fail_if_divisible_by: 2, fail_while_file_exists: '{marker}'}}\n")
+    track = TrackingOptions(("mlflow",))
+    [first] = run_spec(spec, tmp_path / "r", options=RunOptions(tracking=track), executor="inline")
+    marker.unlink()
+    [second] = run_spec(spec, tmp_path / "r", options=RunOptions(retry=True, tracking=track), executor="inline")
+    assert (first.failed, second.ok) == (1, 1)
+    client = MlflowClient()
+    found = client.search_runs([client.get_experiment_by_name("retried").experiment_id])
+    assert sorted((r.data.tags["attempt"], r.info.status, r.data.tags["status"]) for r in found) == [
+        ("1", "FAILED", "task_error"), ("2", "FINISHED", "ok")]
+    assert len({r.data.tags["run_id"] for r in found}) == 1
+    plan, store = open_sweep(spec, tmp_path / "r")
+    assert export(plan, store, track).skipped == {"mlflow": 2}
+
+
+def test_trackers_are_imported_only_when_asked() -> None:
+    # Invariant: the CLI, the runner and `plan` import none of mlflow, tensorboard, wandb.
+    code = ("import sys, orchestrator.cli, orchestrator.runner, orchestrator.tracking; "
+            "print(sorted({'mlflow', 'tensorboard', 'wandb'} & set(sys.modules)))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert shown.stdout.strip() == "[]", shown.stderr
