@@ -320,3 +320,17 @@ def test_trackers_are_imported_only_when_asked() -> None:
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
     assert shown.stdout.strip() == "[]", shown.stderr
+
+
+def test_an_unknown_backend_in_the_spec_is_a_spec_error_naming_the_key(write_spec) -> None:
+    # Invariant: `tracking:` is validated with the rest of the spec: file, line, key path and the choices.
+    from orchestrator.errors import SpecError
+    from orchestrator.spec import load_spec
+
+    spec = write_spec("name: t\ntracking:\n  backends: [mlflow, tensorbord]\nstages:\n  s: {task: demo.noop}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert str(caught.value) == (f"{spec}:3: tracking.backends[1]: Input should be 'mlflow', 'tensorboard' or "
+                                 "'wandb', got 'tensorbord'")
+    with pytest.raises(SpecError, match=r"tracking\.backend: unknown key 'backend' \(did you mean 'backends'\?\)"):
+        load_spec(write_spec("name: t\ntracking: {backend: [mlflow]}\nstages:\n  s: {task: demo.noop}\n"))
