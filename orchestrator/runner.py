@@ -212,6 +212,8 @@ class StageRun:
             self.outcome.setup_loads = executor.run(self.stage.execution, source, self.on_result, self.writer.tick)
         finally:
             self.writer.flush()
+            if self.tracking is not None:
+                self.tracking.log_pending()
         self.outcome.wall_s = time.perf_counter() - start
 
     def runnable(self, runs: list[Run]) -> list[WorkItem]:

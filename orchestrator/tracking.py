@@ -385,6 +385,8 @@ class Tracking:
     trackers: dict[str, Tracker | None] = field(default_factory=dict)
     logged: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    pending: dict[tuple[str, str, int], tuple[list[dict[str, Any]], list[str], Callable[[str], Path | None]]] = (
+        field(default_factory=dict))  # (stage, run_id, attempt) -> step rows stored before the result rows
 
     def __post_init__(self) -> None:
         """Refuses, before anything runs, a tracker whose package is not installed (imports nothing)."""
@@ -430,12 +432,31 @@ class Tracking:
 
     def log_rows(self, rows: Iterable[dict[str, Any]], params: Iterable[str],
                  artifact_dir: Callable[[str], Path | None] = lambda run_id: None) -> None:
-        """Log every run (attempt) among `rows`."""
+        """Log every run (attempt) among `rows` that has its result rows there.
+
+        Rows stored in several batches (per-step reports as they happen, the result row when the run
+        ends) make one tracked run: a run with only step rows so far is held until its result rows come,
+        or until `log_pending` (a run stopped after its reports has none).
+        """
         names = list(params)
-        for (run_id, _), run_rows in runs_of(rows).items():
-            self.log(tracked_run(run_rows, names, artifact_dir=artifact_dir(run_id)))
+        for key, run_rows in runs_of(rows).items():
+            stage = str(run_rows[0].get("stage"))
+            held = self.pending.pop((stage, *key), None)
+            if held is not None:
+                run_rows = held[0] + run_rows
+            if all(_has_step(row) for row in run_rows):
+                self.pending[(stage, *key)] = (run_rows, names, artifact_dir)
+            else:
+                self.log(tracked_run(run_rows, names, artifact_dir=artifact_dir(key[0])))
+
+    def log_pending(self) -> None:
+        """Log the runs whose step rows came without result rows (stopped, pruned, or steps only)."""
+        while self.pending:
+            (_, run_id, _), (rows, names, artifact_dir) = self.pending.popitem()
+            self.log(tracked_run(rows, names, artifact_dir=artifact_dir(run_id)))
 
     def close(self) -> None:
+        self.log_pending()
         for backend, tracker in self.trackers.items():
             if tracker is not None:
                 try:
@@ -456,6 +477,7 @@ def export(plan: SweepPlan, store: ResultStore, options: TrackingOptions,
         for name in stages or plan.order:
             rows = store.read_stage(name, latest=False).to_pylist()
             tracking.log_rows(rows, plan.stages[name].task.params.model_fields, store.local_artifact_dir)
+            tracking.log_pending()
     finally:
         tracking.close()
     return tracking

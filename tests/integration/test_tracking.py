@@ -232,8 +232,12 @@ def test_step_rows_and_multi_row_runs_are_logged_as_steps(tracked: dict[str, Any
     tracking = Tracking(TrackingOptions(("mlflow", "tensorboard", "wandb")), "steps", tmp_path / "tracking")
     tracking.log(tracked_run(result, ["lr"], step_rows=steps))
     tracking.log(tracked_run(per_token, ["lr"]))
+    # the same run's rows stored in two batches, reports first (as `run` stores them): one tracked run
+    tracking.log_rows([{**row, "run_id": "cccc"} for row in steps], ["lr"])
+    assert tracking.logged == {"mlflow": 2, "tensorboard": 2, "wandb": 2}  # held until its result row
+    tracking.log_rows([{**row, "run_id": "cccc"} for row in result], ["lr"])
     tracking.close()
-    assert tracking.logged == {"mlflow": 2, "tensorboard": 2, "wandb": 2}
+    assert tracking.logged == {"mlflow": 3, "tensorboard": 3, "wandb": 3}
 
     from mlflow.tracking import MlflowClient
 
@@ -244,6 +248,8 @@ def test_step_rows_and_multi_row_runs_are_logged_as_steps(tracked: dict[str, Any
         return sorted((m.step, m.value) for m in client.get_metric_history(found[run], key))
     assert history("aaaa", "train_loss") == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
     assert history("aaaa", "success") == [(3, 0.75)]
+    assert history("cccc", "train_loss") == history("aaaa", "train_loss")
+    assert history("cccc", "success") == [(3, 0.75)]
     assert history("bbbb", "score") == [(0, 0.0), (1, 0.5), (2, 1.0), (3, 1.5)]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
