@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from orchestrator.store import ResultStore
 
 BACKENDS = ("mlflow", "tensorboard", "wandb")
-MODULES = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb"}
 INSTALL_HINT = "pip install 'interp-sweeps[tracking]'"
 STEP = "step"
 _TAG_COLUMNS = ("task", "task_version", "status", "error_type", "git_commit")
@@ -76,13 +75,6 @@ class TrackedRun:
         """Unique per (stage, run, attempt) in a sweep; safe as a W&B id and a directory name."""
         stage = re.sub(r"[^A-Za-z0-9_-]", "_", self.stage)[:40]
         return f"{stage}-{self.run_id}" + (f"-attempt{self.attempt}" if self.attempt > 1 else "")
-
-    def final_metrics(self) -> dict[str, float]:
-        """Each metric's last logged value (what MLflow shows as the run's metric)."""
-        final: dict[str, float] = {}
-        for _, values in self.metrics:
-            final.update(values)
-        return final
 
 
 def _number(value: Any) -> float | None:
@@ -116,8 +108,9 @@ def tracked_run(rows: Sequence[dict[str, Any]], params: Iterable[str],
     first = (rows or step_rows)[0]
     names = [p for p in params if p in first]
     skip = {*RESERVED_COLUMNS, *names, STEP}
+    attempt = int(first.get("attempt") or 1)
     tags = {"run_id": str(first["run_id"]), "sweep": str(first["sweep"]), "stage": str(first["stage"]),
-            "attempt": str(first.get("attempt", 1))}
+            "attempt": str(attempt)}
     tags.update({column: str(first[column]) for column in _TAG_COLUMNS if first.get(column) is not None})
     if first.get("error"):
         tags["error"] = str(first["error"])[:1000]
@@ -133,13 +126,13 @@ def tracked_run(rows: Sequence[dict[str, Any]], params: Iterable[str],
 
     for row in step_rows:
         add(int(row[STEP]), row)
-    first_step = max(metrics) + 1 if metrics else 0
+    first_step = max((int(row[STEP]) for row in step_rows), default=-1) + 1
     for index, row in enumerate(rows):
         add(first_step + index, row)
     artifacts = artifact_dir if artifact_dir is not None and artifact_dir.is_dir() else None
     if artifacts is not None:
         tags["artifact_dir"] = str(artifacts)
-    return TrackedRun(tags["sweep"], tags["stage"], tags["run_id"], int(tags["attempt"]), tags.get("status", ""),
+    return TrackedRun(tags["sweep"], tags["stage"], tags["run_id"], attempt, tags.get("status", ""),
                       tags, values, sorted(metrics.items()), artifacts)
 
 
@@ -393,8 +386,8 @@ class Tracking:
         import importlib.util
 
         for backend in self.options.backends:
-            if importlib.util.find_spec(MODULES[backend]) is None:
-                raise UsageError(f"--track {backend}: {MODULES[backend]} is not installed; {INSTALL_HINT}")
+            if importlib.util.find_spec(backend) is None:  # each backend's module has its name
+                raise UsageError(f"--track {backend}: {backend} is not installed; {INSTALL_HINT}")
             if backend != "mlflow" and self.directory is None:
                 raise UsageError(f"--track {backend} writes local files and the results root is not local: pass "
                                  "--track-dir (or `tracking: {dir: ...}` in the spec)")
