@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 BACKENDS = ("mlflow", "tensorboard", "wandb")
 INSTALL_HINT = "pip install 'interp-sweeps[tracking]'"
 STEP = "step"
+MLFLOW_STATUS = {"ok": "FINISHED", "pruned": "KILLED"}  # every other status is a failure: FAILED
 _TAG_COLUMNS = ("task", "task_version", "status", "error_type", "git_commit")
 
 
@@ -219,7 +220,7 @@ class MlflowTracker:
             self.client.log_batch(mlflow_id, metrics=metrics[start:start + 1000])
         if run.artifact_dir is not None:
             self.client.log_artifacts(mlflow_id, str(run.artifact_dir))
-        self.client.set_terminated(mlflow_id, "FINISHED" if run.status == "ok" else "FAILED")
+        self.client.set_terminated(mlflow_id, MLFLOW_STATUS.get(run.status, "FAILED"))
         self._known().add(key)
         return True
 
@@ -313,7 +314,7 @@ class WandbTracker:
                 artifact.add_reference(run.artifact_dir.resolve().as_uri(), checksum=False)
                 handle.log_artifact(artifact)
         finally:
-            handle.finish(exit_code=0 if run.status == "ok" else 1)
+            handle.finish(exit_code=0 if run.status in ("ok", "pruned") else 1)
         return True
 
     def close(self) -> None:
