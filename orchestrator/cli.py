@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -24,29 +27,32 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from orchestrator import cluster
+from orchestrator import cluster, logfile
 from orchestrator.api import Connector
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
-from orchestrator.registry import task_entries
+from orchestrator.provenance import spec_hash
+from orchestrator.registry import TaskDef, get_task, task_entries
 from orchestrator.report import stage_report
 from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.runs import canonical_json
 from orchestrator.schema import is_failure
 from orchestrator.spec import load_spec
 from orchestrator.status import StageSummary, summarize
-from orchestrator.store import ResultStore
+from orchestrator.store import SPECS, ResultStore
 from orchestrator.tracking import TrackingOptions, parse_backends
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
-out = Console() if sys.stdout.isatty() else Console(width=200)
+# In a pipe, tables print at their natural width (full headers, no truncation); COLUMNS still wins.
+out = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=100_000)
 
 SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (YAML).", show_default=False)]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="Overrides: key.path=value or param=value.")]
-ResultsOpt = Annotated[str | None, typer.Option("--results", help="Results root: a path or pyarrow.fs URI "
-                                                   "[env ORCHESTRATOR_RESULTS; spec `results:`; ./results].")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address [env RAY_ADDRESS; "
-                                                   "default: start a local Ray].")]
+ResultsOpt = Annotated[str | None, typer.Option("--results", help=escape(
+    "Results root: a path or pyarrow.fs URI [env ORCHESTRATOR_RESULTS; spec `results:`; default ./results]."))]
+AddressOpt = Annotated[str | None, typer.Option("--address", help=escape(
+    "Ray cluster address [env RAY_ADDRESS; default: start a local Ray]."))]
 CpusOpt = Annotated[float | None, typer.Option("--num-cpus", help="CPUs of a local Ray.")]
 GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPUs of a local Ray.")]
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
@@ -57,6 +63,8 @@ TrackOpt = Annotated[list[str] | None, typer.Option("--track", help="Log each st
                                                    "to the spec's `tracking: {backends: [...]}`).")]
 TrackDirOpt = Annotated[str | None, typer.Option("--track-dir", help="Where TensorBoard and W&B files go "
                                                  "[<results>/<sweep>/tracking].")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also show Ray's logs, warnings and the "
+                                          "workers' output here (always in <results>/<sweep>/logs/).")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
                                           "inline: every run in this process, one after another, no Ray "
                                           "(debugging with breakpoint()).")]
@@ -70,11 +78,76 @@ def _results_root(option: str | None, spec_results: str | None) -> str:
     return root
 
 
-def _load(spec: Path, overrides: list[str] | None, results: str | None) -> tuple[SweepPlan, ResultStore]:
-    """The command's one plan (spec loaded, expanded and validated once) and its store."""
-    loaded = load_spec(spec, overrides or [])
-    plan = build_plan(loaded)
-    return plan, ResultStore(_results_root(results, loaded.spec.results), loaded.name)
+@dataclass
+class Invocation:
+    """What a command was given: the spec, its overrides and every option, to remember and to repeat."""
+
+    spec: Path
+    overrides: list[str] = field(default_factory=list)
+    results: str | None = None
+    address: str | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    stages: list[str] = field(default_factory=list)
+    executor: str = "ray"
+    force: bool = False
+    verbose: bool = False
+    track: list[str] = field(default_factory=list)
+    track_dir: str | None = None
+
+    def command(self, name: str) -> str:
+        """This invocation as the shell command `orchestrator <name> ...`, every given option repeated."""
+        words = ["orchestrator", name, str(self.spec), *self.overrides]
+        for option, value in (("--results", self.results), ("--address", self.address),
+                              ("--num-cpus", self.num_cpus), ("--num-gpus", self.num_gpus)):
+            if value is not None:
+                words += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+        for stage in self.stages:
+            words += ["--stage", stage]
+        if self.executor != "ray":
+            words += ["--executor", self.executor]
+        for backend in self.track:
+            words += ["--track", backend]
+        if self.track_dir is not None:
+            words += ["--track-dir", self.track_dir]
+        return shlex.join(words) + (" --force" if self.force else "") + (" -v" if self.verbose else "")
+
+
+def _load(call: Invocation, remembered: bool = False) -> tuple[SweepPlan, ResultStore]:
+    """The command's one plan (spec loaded, expanded and validated once) and its store.
+
+    `remembered` (status, report, retry): given no overrides, use those of the latest `run` of this spec
+    file, if the file is unchanged since, and say so.
+    """
+    loaded = load_spec(call.spec, call.overrides)
+    store = ResultStore(_results_root(call.results, loaded.spec.results), loaded.name)
+    if remembered and not call.overrides:
+        record = store.latest_spec()
+        if record and record.get("overrides") and record.get("spec_file") == str(call.spec.resolve()):
+            shown = " ".join(record["overrides"])
+            if record.get("spec_sha") == spec_hash(call.spec.read_text()):
+                console.print(f"using the overrides of the latest run ({shown}), saved in "
+                              f"{store.base}/{SPECS}/{record['fingerprint']}.json", highlight=False)
+                call.overrides = list(record["overrides"])
+                loaded = load_spec(call.spec, call.overrides)
+            else:
+                console.print(f"[yellow]note:[/] {escape(str(call.spec))} changed since the latest run, whose "
+                              f"overrides ({escape(shown)}) are not applied", highlight=False)
+    return build_plan(loaded), store
+
+
+def _remember(call: Invocation, sweep: SweepPlan, store: ResultStore) -> str:
+    """Save the resolved spec (after overrides), its fingerprint and the command next to the results."""
+    resolved = sweep.loaded.raw
+    return store.remember_spec({
+        "fingerprint": spec_hash(canonical_json(resolved)),
+        "spec_file": str(call.spec.resolve()),
+        "spec_sha": spec_hash(call.spec.read_text()),
+        "overrides": call.overrides,
+        "command": call.command("run"),
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resolved": resolved,
+    })
 
 
 def _nodes_for(address: str | None, num_cpus: float | None, num_gpus: float | None) -> list[cluster.NodeInfo]:
@@ -118,7 +191,7 @@ def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = No
     the cluster's nodes), with the message `run` gives.
     """
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(Invocation(spec, overrides or [], results))
         nodes = _nodes_for(address, num_cpus, num_gpus)
         for name in sweep.order:
             cluster.check_feasible(name, sweep.stages[name].resources, nodes)
@@ -130,17 +203,21 @@ def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = No
 
 @app.command()
 def status(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None) -> None:
-    """Per stage: done, failed and still to run, with the latest failures."""
+    """Per stage: done, failed and still to run, with the latest failures.
+
+    Without overrides, uses those of the latest `run` of this spec (it says so).
+    """
+    call = Invocation(spec, overrides or [], results)
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(call, remembered=True)
         summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         _fail(exc)
     out.print(_summary_table(f"status: {sweep.name}", summaries))
-    _print_failures(sweep, store, [s.name for s in summaries if s.failed])
+    _print_failures(call, store, [s.name for s in summaries if s.failed])
 
 
-def _print_failures(sweep: SweepPlan, store: ResultStore, stages: list[str], limit: int = 5) -> None:
+def _print_failures(call: Invocation, store: ResultStore, stages: list[str], limit: int = 5) -> None:
     for name in stages:
         table = store.read_stage(name, columns=["status", "error_type", "error"])
         failed = [r for r in table.to_pylist() if is_failure(r.get("status"))]
@@ -148,7 +225,7 @@ def _print_failures(sweep: SweepPlan, store: ResultStore, stages: list[str], lim
         for row in failed[:limit]:
             out.print(escape(f"  {row['run_id']} [{row.get('error_type')}] {str(row.get('error'))[:200]}"),
                       highlight=False)
-        out.print(f"  re-run them with: orchestrator retry {sweep.loaded.source.file}")
+        out.print(f"  re-run them with: {escape(call.command('retry'))}", highlight=False, soft_wrap=True)
 
 
 class RichProgress:
@@ -190,9 +267,7 @@ class RichProgress:
             self.progress.stop()
 
 
-def _execute(spec: Path, overrides: list[str] | None, results: str | None, address: str | None,
-             num_cpus: float | None, num_gpus: float | None, stages: list[str] | None, retry: bool,
-             executor: str, force: bool, tracking: TrackingOptions | None = None) -> None:
+def _execute(call: Invocation, retry: bool) -> None:
     connector: Connector | None = None
     progress = RichProgress()
     stopped_by: list[int] = []
@@ -203,19 +278,24 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        sweep, store = _load(spec, overrides, results)
-        unknown = [s for s in stages or [] if s not in sweep.stages]
+        tracking = _tracking(call)  # an unknown --track is refused before anything is saved
+        sweep, store = _load(call, remembered=retry)
+        unknown = [s for s in call.stages if s not in sweep.stages]
         if unknown:
             raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
+        _remember(call, sweep, store)
+        log = logfile.start(store.log_dir(), "retry" if retry else "run", call.verbose)
         clock = time.perf_counter()
-        connector = Connector(sweep, executor, address, num_cpus, num_gpus, stages)
-        options = RunOptions(retry=retry, stages=stages, force=force, tracking=tracking)
+        connector = Connector(sweep, call.executor, call.address, call.num_cpus, call.num_gpus, call.stages or None)
+        options = RunOptions(retry=retry, stages=call.stages or None, force=call.force, tracking=tracking)
         outcomes = run_sweep(sweep, store, connector, options, progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
         failed_now = sum(o.failed for o in outcomes)
         console.print(f"{sweep.name}: executed {executed} runs ({failed_now} failed) in "
-                      f"{time.perf_counter() - clock:.1f}s; results in {store.base}")
+                      f"{time.perf_counter() - clock:.1f}s; results in {store.base}", highlight=False)
+        if log.stat().st_size:
+            console.print(f"warnings and library logs: {log}", highlight=False)
         summaries = summarize(sweep, store)
     except OrchestratorError as exc:
         progress.close()
@@ -228,38 +308,42 @@ def _execute(spec: Path, overrides: list[str] | None, results: str | None, addre
     finally:
         if connector is not None:
             connector.close()
+        logfile.stop()
     failing = [s.name for s in summaries if s.failed]
     if failing:
-        _print_failures(sweep, store, failing)
+        _print_failures(call, store, failing)
         raise typer.Exit(1)
 
 
 @app.command()
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-        executor: ExecutorOpt = "ray", force: ForceOpt = False, track: TrackOpt = None,
+        executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False, track: TrackOpt = None,
         track_dir: TrackDirOpt = None) -> None:
-    """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=False, executor=executor,
-             force=force, tracking=_tracking(track, track_dir))
+    """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed.
+
+    Saves the resolved spec (after overrides) under <results>/<sweep>/specs/.
+    """
+    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
+                        verbose, track or [], track_dir), retry=False)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-          executor: ExecutorOpt = "ray", force: ForceOpt = False, track: TrackOpt = None,
-          track_dir: TrackDirOpt = None) -> None:
-    """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history."""
-    _execute(spec, overrides, results, address, num_cpus, num_gpus, stage, retry=True, executor=executor,
-             force=force, tracking=_tracking(track, track_dir))
+          executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False,
+          track: TrackOpt = None, track_dir: TrackDirOpt = None) -> None:
+    """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history.
+
+    Without overrides, uses those of the latest `run` of this spec (it says so).
+    """
+    _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
+                        verbose, track or [], track_dir), retry=True)
 
 
-def _tracking(track: list[str] | None, track_dir: str | None) -> TrackingOptions:
-    try:
-        return TrackingOptions(parse_backends(track), track_dir)
-    except OrchestratorError as exc:
-        _fail(exc)
-        raise  # unreachable: _fail exits
+def _tracking(call: Invocation) -> TrackingOptions:
+    """The command's --track and --track-dir (the spec's `tracking:` block is added by the runner)."""
+    return TrackingOptions(parse_backends(call.track), call.track_dir)
 
 
 @app.command("export")
@@ -276,7 +360,7 @@ def export_command(
     from orchestrator.tracking import export
 
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(Invocation(spec, overrides or [], results, stages=stage or []))
         unknown = [s for s in stage or [] if s not in sweep.stages]
         if unknown:
             raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
@@ -338,30 +422,101 @@ def slurm_command(
 
 @app.command()
 def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None,
-           out_dir: Annotated[Path | None, typer.Option("--out", help="Where figures go "
-                                                        "[<results>/<sweep>/report].")] = None) -> None:
-    """Summary table per stage (metric means over the swept parameters) and each family's figures."""
+           out_dir: Annotated[Path | None, typer.Option("--out", help=escape(
+               "Where figures go [default <results>/<sweep>/report]."))] = None) -> None:
+    """Summary table per stage (metric means over the swept parameters) and each family's figures.
+
+    Without overrides, uses those of the latest `run` of this spec (it says so).
+    """
     try:
-        sweep, store = _load(spec, overrides, results)
+        sweep, store = _load(Invocation(spec, overrides or [], results), remembered=True)
     except OrchestratorError as exc:
         _fail(exc)
     target = out_dir or store.report_dir()
-    for name in sweep.order:
-        for item in stage_report(sweep, store, name, target):
-            out.print(item)
+    logfile.start(store.log_dir(), "report")
+    try:
+        for name in sweep.order:
+            for item in stage_report(sweep, store, name, target):
+                out.print(item)
+    finally:
+        logfile.stop()
 
 
 @app.command("tasks")
-def list_tasks() -> None:
-    """List registered tasks (without importing them): built-in families and installed packages."""
+def list_tasks(name: Annotated[str | None, typer.Argument(help="A task name or module:function: show its "
+                                                          "parameters and setup.", show_default=False)] = None
+               ) -> None:
+    """List registered tasks (without importing them), or show one task's parameters."""
     try:
+        if name is not None:
+            _show_task(get_task(name))
+            return
         entries = task_entries()
     except OrchestratorError as exc:
         _fail(exc)
     table = Table("task", "defined in", "registered by")
-    for name, entry in sorted(entries.items()):
-        table.add_row(name, entry.target, entry.origin)
+    for task_name, entry in sorted(entries.items()):
+        table.add_row(task_name, entry.target, entry.origin)
     out.print(table)
+
+
+def _show_task(task: TaskDef) -> None:
+    """A task's one-line doc, version, setup and resources, and a table of its parameters."""
+    out.print(f"[bold]{task.name}[/] (version {task.version}): {escape(task.doc)}", highlight=False)
+    out.print(f"  defined in {task.target}", highlight=False)
+    if task.setup is not None:
+        keys = ", ".join(task.setup_keys) or "none: one setup per worker"
+        out.print(f"  setup {task.setup.__name__}, reused across runs that share: {keys}", highlight=False)
+    if task.resources:
+        out.print(f"  default resources: {task.resources}", highlight=False)
+    fields = task.params.model_fields
+    described = any(info.description for info in fields.values())
+    table = Table("parameter", "type", "default", "constraints", *(["description"] if described else []))
+    for field_name, info in fields.items():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        cells = [field_name, _type_name(info.annotation), default, ", ".join(_constraint(c) for c in info.metadata)]
+        table.add_row(*[escape(c) for c in cells + ([info.description or ""] if described else [])])
+    out.print(table)
+
+
+def _type_name(annotation: object) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _constraint(item: object) -> str:
+    """`Gt(gt=0)` -> `> 0`; other annotated metadata as pydantic prints it."""
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "multiple of",
+               "min_length": "min length", "max_length": "max length", "pattern": "matches"}
+    for attr, symbol in symbols.items():
+        value = getattr(item, attr, None)
+        if value is not None:
+            return f"{symbol} {value}"
+    return repr(item)
+
+
+@app.command("job-env")
+def job_env() -> None:
+    """Print the runtime env for `ray job submit --runtime-env-json`: this checkout's commit (and whether it
+    has changes) for the rows, and .venv/, results/ and .git/ left out of the upload."""
+    import json
+
+    from orchestrator.provenance import job_runtime_env
+
+    print(json.dumps(job_runtime_env(os.getcwd())))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        print(f"orchestrator (interp-sweeps) {metadata.version('interp-sweeps')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Declarative sweeps for interpretability research on Ray: plan, run, status, retry, report."""
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import logfile
 from orchestrator.errors import ClusterError, ResourceError
 from orchestrator.spec import Resources
 
@@ -76,15 +77,18 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
     if ray.is_initialized():
         return False
     set_ray_environment()
+    logfile.route_library_loggers()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # "local" always starts a fresh Ray (a bare ray.init() would attach to any `ray start` cluster).
         kwargs: dict[str, Any] = {"address": "local", "logging_level": logging.WARNING, "include_dashboard": False,
-                                  "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
+                                  "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
+                                  "log_to_driver": logfile.forward_worker_output()}
     elif any(v is not None for v in (num_cpus, num_gpus, resources)):
         raise ClusterError("--num-cpus/--num-gpus describe a local Ray; they cannot be set when attaching to a cluster")
     else:
-        kwargs = {"address": address, "logging_level": logging.WARNING}
+        kwargs = {"address": address, "logging_level": logging.WARNING,
+                  "log_to_driver": logfile.forward_worker_output()}
         modules = shipped_modules(task_targets)
         if modules:
             kwargs["runtime_env"] = {"py_modules": modules}
@@ -98,6 +102,7 @@ def connect(address: str | None = None, num_cpus: float | None = None, num_gpus:
             ray.init(**kwargs)
         if sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
+        logfile.route_library_loggers()
     except Exception as exc:  # Ray raises many types here; all mean "no cluster"
         text = f"{type(exc).__name__}: {exc}"
         if "auth" in text.lower() or (address and os.environ.get("RAY_AUTH_MODE") != "token"):

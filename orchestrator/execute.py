@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +62,7 @@ class RunResult:
     error: str | None = None
     traceback: str | None = None
     artifact_dir: str | None = None  # where the artifacts were left, for non-local stores
+    warnings: list[str] = field(default_factory=list)  # Python warnings the run raised (the driver logs them)
 
 
 def normalize_rows(output: Any) -> list[dict[str, Any]]:
@@ -167,6 +169,22 @@ def classify_error(exc: BaseException) -> str:
     return TASK_ERROR
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")  # NVIDIA; AMD ROCm (torch says cuda)
+
+
+def run_device(gpu_ids: list[int]) -> str:
+    """`"cuda"` only when Ray assigned GPUs and torch sees a CUDA device; logical GPUs on a CPU host (a local
+    Ray with `--num-gpus`) give `"cpu"`, their ids still in `ctx.gpu_ids`. Hosts with no GPU device file
+    answer without importing torch."""
+    if not gpu_ids or not any(Path(f).exists() for f in GPU_DEVICE_FILES):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _gpu_name(gpu_ids: list[int]) -> str | None:
     if not gpu_ids or "torch" not in sys.modules:
         return None
@@ -214,7 +232,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         seed=payload.seed,
         artifact_path=artifact_tmp,
         scratch_path=scratch,
-        device="cuda" if gpu_ids else "cpu",
+        device=run_device(gpu_ids),
         gpu_ids=list(gpu_ids),
         upstream=payload.upstream,
     )
@@ -229,9 +247,10 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
                     raise FileNotFoundError(
                         f"upstream artifacts of stage '{stage}' run {up.run_id} are missing: {up.artifact_dir}"
                     )
-        ctx.setup = cache.get(task, params, ctx)
-        with memory_limit(payload.memory_bytes, enabled=not gpu_ids), time_limit(payload.timeout_s):
-            output = task.fn(params, ctx)
+        with captured_warnings(result.warnings):
+            ctx.setup = cache.get(task, params, ctx)
+            with memory_limit(payload.memory_bytes, enabled=not gpu_ids), time_limit(payload.timeout_s):
+                output = task.fn(params, ctx)
         try:
             result.rows = normalize_rows(output)
         except TypeError as exc:
@@ -255,6 +274,21 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
     result.duration_s = time.perf_counter() - clock
     result.gpu = _gpu_name(gpu_ids)
     return result
+
+
+@contextmanager
+def captured_warnings(into: list[str]) -> Iterator[None]:
+    """Record the Python warnings raised inside (each distinct one once) as `file:line: Category: message`,
+    instead of printing them in the worker, so the driver can log them with the run id."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            for w in caught:
+                text = f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}"
+                if text not in into:
+                    into.append(text)
 
 
 _WORK_ROOT: Path | None = None

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.errors import SpecError, UnknownTaskError
 from orchestrator.execute import StageExecution
@@ -206,6 +206,10 @@ def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
     except UnknownTaskError as exc:
         raise loaded.source.error(key, str(exc)) from None
     params = {**source_stage.params, **stage.params} if stage.transfer else dict(stage.params)
+    for param, value in params.items():
+        owner = name if param in stage.params else str(stage.transfer)
+        if ("stages", owner, "params", param) in loaded.source.override_lists and not _holds_lists(task, param, value):
+            params[param] = {"grid": value}
     resources = stage.resources or source_stage.resources
     if resources is None:
         try:
@@ -216,6 +220,18 @@ def _stage_plan(loaded: LoadedSpec, name: str) -> StagePlan:
     space = parse_params(params, loaded.source, ("stages", name, "params"))
     check_run_limit(space, loaded.spec.max_runs or DEFAULT_MAX_RUNS)
     return StagePlan(loaded.spec.name, name, kind, stage, task, resources, space, loaded, list(stage.needs))
+
+
+def _holds_lists(task: TaskDef, key: str, value: list[Any]) -> bool:
+    """Whether parameter `key` of `task` takes `value` as one list (else a list override is a grid of it)."""
+    info = task.params.model_fields.get(key)
+    if info is None or info.annotation is None:
+        return False
+    try:
+        TypeAdapter(info.annotation).validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 def _plan_tune(plan: StagePlan) -> None:
@@ -229,6 +245,10 @@ def _plan_tune(plan: StagePlan) -> None:
     for key in tune.space:
         if key not in plan.task.params.model_fields:
             raise source.error(plan.path("tune", "space", key), f"'{key}' is not a parameter of task {plan.task.name}")
+        if source.lines.get(plan.path("params", key)) == 0:
+            raise source.error(plan.path("params", key), f"this override would have no effect: tune.space sets "
+                               f"'{key}' for every trial", hint=f"change the search range instead: "
+                               f"'stages.{plan.name}.tune.space.{key}=...'")
     plan.distributions = parse_space(tune.space, source, plan.path("tune", "space"))
     plan.constraints = parse_constraints(tune.constraints, source, plan.path("tune", "constraints"))
     groups: dict[str, Group] = {}

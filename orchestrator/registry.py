@@ -31,9 +31,10 @@ ENTRY_POINT_GROUP = "interp_sweeps.tasks"
 
 
 class TaskParams(BaseModel):
-    """Base for task parameter models: strict about unknown keys, immutable."""
+    """Base for task parameter models: strict about unknown keys, immutable. A docstring under a field (or
+    `Field(description=...)`) is its description in `orchestrator tasks NAME`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 Rows = list[dict[str, Any]]

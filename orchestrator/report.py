@@ -16,11 +16,11 @@ import pandas as pd
 from rich.table import Table
 
 from orchestrator.plan import SweepPlan
-from orchestrator.schema import OK, RESERVED_COLUMNS
+from orchestrator.schema import OK
 from orchestrator.store import ResultStore
+from orchestrator.summary import SEED, stage_runs, step_figure, summary_figure, summary_frame
 
 MAX_ROWS = 40
-MAX_METRICS = 8
 
 
 def report_hooks() -> dict[str, str]:
@@ -35,22 +35,8 @@ def report_hooks() -> dict[str, str]:
     return hooks
 
 
-def summary_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
-    """Mean of every numeric metric over the parameters that vary, ok runs only."""
-    ok = df[df["status"] == OK]
-    varying = [p for p in params if p in ok.columns and ok[p].nunique(dropna=False) > 1]
-    metrics = [c for c in ok.columns if c not in RESERVED_COLUMNS and c not in params
-               and pd.api.types.is_numeric_dtype(ok[c]) and not pd.api.types.is_bool_dtype(ok[c])]
-    metrics = [c for c in metrics if ok[c].notna().any()][:MAX_METRICS]
-    if not metrics:
-        return pd.DataFrame()
-    if not varying:
-        return ok[metrics].mean().to_frame("mean").T
-    return ok.groupby(varying, dropna=False)[metrics].mean().reset_index()
-
-
 def _table(title: str, frame: pd.DataFrame) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title or None, title_justify="left")
     for column in frame.columns:
         table.add_column(str(column))
     for row in frame.head(MAX_ROWS).itertuples(index=False):
@@ -60,12 +46,35 @@ def _table(title: str, frame: pd.DataFrame) -> Table:
     return table
 
 
-def _chosen(params_json: str | None, keys: list[str]) -> str:
-    """The searched parameters of a chosen config, e.g. `lr=0.0006848, epochs=5`."""
-    if not params_json:
+def _chosen(params_json: object, keys: list[str]) -> str:
+    """The searched parameters of a chosen config, e.g. `lr=0.0006848, epochs=5` (`-`: no feasible trial)."""
+    if not isinstance(params_json, str) or not params_json:
         return "-"
     params = json.loads(params_json)
     return ", ".join(f"{k}={params[k]:.4g}" if isinstance(params[k], float) else f"{k}={params[k]}" for k in keys)
+
+
+def generic_report(df: pd.DataFrame, params: list[str], stage: str, out_dir: Path) -> list[Any]:
+    """Any task's summary: per configuration, each metric's mean ± std over seeds; a figure of each metric
+    against each swept parameter, and step curves when runs report steps."""
+    runs = stage_runs(df, params)
+    if runs is None:
+        return []
+    notes = []
+    if runs.steps is not None:
+        notes.append("final step of each run")
+    if runs.indexes:
+        notes.append(f"mean over {', '.join(runs.indexes)} within a run")
+    if SEED in runs.swept:
+        notes.append("mean ± std over seeds")
+    if runs.more_metrics:
+        notes.append(f"first {len(runs.metrics)} metrics, {runs.more_metrics} more in the Parquet files")
+    items: list[Any] = [f"{stage}: " + ("; ".join(notes) or "metrics per run"), _table("", summary_frame(runs))]
+    figures = (summary_figure(runs, out_dir / stage / "summary.png"), step_figure(runs, out_dir / stage / "steps.png"))
+    for figure in figures:
+        if figure is not None:
+            items.append(f"{stage}: figure written to {figure}")
+    return items
 
 
 def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path) -> list[Any]:
@@ -86,9 +95,8 @@ def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path
                                 f"{plan.stage.tune.mode}; {'; '.join(plan.stage.tune.constraints) or 'no constraint'})",
                                 best[shown]))
     target = report_hooks().get(plan.task.name)
-    summary = summary_frame(df, list(plan.task.params.model_fields))
-    if not target and not summary.empty:
-        items.append(_table(f"{stage}: mean of each metric (first {MAX_METRICS})", summary))
+    if not target:
+        items += generic_report(df, list(plan.task.params.model_fields), stage, out_dir)
     if target:
         module, _, attr = target.partition(":")
         out_dir.mkdir(parents=True, exist_ok=True)

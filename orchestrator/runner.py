@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator import logfile
 from orchestrator.context import Upstream
 from orchestrator.errors import SpecError, StoreError
 from orchestrator.execute import ListSource, OnResult, RunPayload, RunResult, StageExecution, WorkItem, WorkSource
 from orchestrator.plan import StagePlan, SweepPlan
-from orchestrator.provenance import git_commit, package_versions
+from orchestrator.provenance import code_state, package_versions
 from orchestrator.runs import Run
 from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, ColumnKinds, result_rows
 from orchestrator.select import Trial
@@ -177,11 +178,13 @@ class StageRun:
 
     def on_result(self, item: WorkItem, result: RunResult) -> None:
         run = self.runs.pop(item.payload.run_id)
-        rows = result_rows(run, result, git_commit(), package_versions())
+        if result.warnings:
+            logfile.run_warnings(run.run_id, result.warnings)
+        rows = result_rows(run, result, code_state(run.target), package_versions())
         problem = self.kinds.problem(rows)
         if problem is not None:  # a value Parquet cannot hold beside the stage's other rows: a failure row
             result.status, result.error_type, result.error, result.rows = FAILED, BAD_OUTPUT, problem, []
-            rows = result_rows(run, result, git_commit(), package_versions())
+            rows = result_rows(run, result, code_state(run.target), package_versions())
             if self.kinds.problem(rows) is not None:
                 raise StoreError(f"{self.store.stage_dir(self.stage.name)}: cannot store run {run.run_id}: "
                                  f"{self.kinds.problem(rows)}")

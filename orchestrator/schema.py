@@ -15,6 +15,7 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from orchestrator.execute import RunResult
+    from orchestrator.provenance import CodeState
     from orchestrator.runs import Run
 
 # A run's outcome. In memory a result is OK or FAILED with an error type; a stored row's `status` is `ok`
@@ -53,6 +54,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "node": pa.string(),
     "gpu": pa.string(),
     "git_commit": pa.string(),
+    "git_dirty": pa.bool_(),
     "versions": pa.string(),
 }
 RESERVED_COLUMNS: tuple[str, ...] = tuple(COLUMN_TYPES)
@@ -162,7 +164,7 @@ def column_clash(rows: list[dict[str, Any]], params: dict[str, Any]) -> str | No
     return None
 
 
-def result_rows(run: Run, result: RunResult, git_commit: str | None, versions: str) -> list[dict[str, Any]]:
+def result_rows(run: Run, result: RunResult, code: CodeState, versions: str) -> list[dict[str, Any]]:
     """Stored rows of one finished run: identity, parameters, metrics, status and provenance."""
     base: dict[str, Any] = {
         "run_id": run.run_id,
@@ -190,7 +192,8 @@ def result_rows(run: Run, result: RunResult, git_commit: str | None, versions: s
         "started_at": datetime.fromtimestamp(result.started_at, tz=timezone.utc),
         "node": result.node,
         "gpu": result.gpu,
-        "git_commit": git_commit,
+        "git_commit": code.commit,
+        "git_dirty": code.dirty,
         "versions": versions,
     }
     if result.status != OK or not result.rows:

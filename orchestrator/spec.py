@@ -35,6 +35,7 @@ class SpecSource:
 
     file: str
     lines: dict[KeyPath, int] = field(default_factory=dict)
+    override_lists: set[KeyPath] = field(default_factory=set)  # parameters an override set to a list (a sweep)
 
     def line(self, path: KeyPath) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -249,7 +250,8 @@ class Stage(_Strict):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-RESERVED_STAGE_NAMES = ("artifacts", "report", "tracking")  # the results store's own folders beside the stages
+# the results store's folders beside the stages
+RESERVED_STAGE_NAMES = ("artifacts", "report", "specs", "logs", "tracking")
 
 
 class TrackingSpec(_Strict):
@@ -297,12 +299,17 @@ class LoadedSpec:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a","b","c"], value parsed as a YAML scalar or flow collection)."""
+    """`a.b.c=value` -> (["a","b","c"], value parsed as a YAML scalar or flow collection).
+
+    Hydra's sweep syntax `a=1,2,3` (a comma outside brackets, braces and quotes) parses to the list [1, 2, 3].
+    """
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(f"override '{text}' is not of the form key.path=value", file=OVERRIDE_FILE)
     if not value.strip():
         return key.split("."), ""
+    if _is_comma_list(value):
+        value = f"[{value}]"
     try:
         parsed, _ = load_yaml(value, OVERRIDE_FILE)
     except SpecError as exc:
@@ -310,11 +317,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+def _is_comma_list(value: str) -> bool:
+    """`1,2` or `a, b`: a comma at the top level of a value that is not a flow collection or a quoted string."""
+    stripped = value.strip()
+    return "," in stripped and stripped[0] not in "[{\"'" and not any(c in stripped for c in "[]{}\"'")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSource) -> None:
     """Hydra-style `key.path=value` overrides, in place; errors inside what they set name `<command line>`.
 
     A path that starts at a top-level spec key (`name`, `stages`, ...) is applied as written. A bare
     parameter name (`lr=0.1`, `model=tiny-gpt2`) sets that parameter in every stage that declares it.
+    A list given to a parameter (`y=[1,2]`, Hydra's `y=1,2`) is recorded in `source.override_lists`: the
+    plan sweeps it as a grid unless the parameter itself holds lists.
     """
     for text in overrides:
         keys, value = parse_override(text)
@@ -329,6 +344,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSourc
                 if isinstance(body, dict) and keys[0] in (body.get("params") or {})
             ]
             if not targets:
+                searched = [stage for stage, body in stages.items() if isinstance(body, dict)
+                            and keys[0] in ((body.get("tune") or {}).get("space") or {})]
+                if searched:
+                    raise SpecError(
+                        f"override '{text}' would have no effect: stage '{searched[0]}' searches '{keys[0]}' "
+                        f"(tune.space sets it for every trial)", file=OVERRIDE_FILE,
+                        hint=f"change the search range instead: 'stages.{searched[0]}.tune.space.{keys[0]}=...'")
                 raise SpecError(
                     f"override '{text}' matches no spec key and no stage parameter named '{keys[0]}'",
                     file=OVERRIDE_FILE,
@@ -348,6 +370,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: SpecSourc
                 node = child
             node[path[-1]] = value
             source.set_by_override(tuple(path))
+            if isinstance(value, list) and len(path) == 4 and path[0] == "stages" and path[2] == "params":
+                source.override_lists.add(tuple(path))
 
 
 # ---------------------------------------------------------------- loading

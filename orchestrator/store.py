@@ -42,7 +42,11 @@ PART_PREFIX = "part-"
 PART_NAME = re.compile(r"^part-\d{20}-[0-9a-f]{8}\.parquet$")  # the only files read as data
 QUARANTINE = "_quarantine"
 BEST_FILE = "best.parquet"
-ARTIFACTS, REPORT, TRACKING = RESERVED_STAGE_NAMES  # the store's folders beside the stages (no stage is named so)
+# The store's folders beside the stages (no stage takes these names): run artifacts, report figures, the
+# resolved spec of every `run` (`remember_spec`), the log of what the terminal does not show, and the
+# TensorBoard and W&B files of experiment tracking.
+ARTIFACTS, REPORT, SPECS, LOGS, TRACKING = RESERVED_STAGE_NAMES
+LATEST_SPEC = "latest.json"
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str, bool]:
@@ -119,6 +123,10 @@ class ResultStore:
     def tracking_dir(self) -> Path | None:
         """Where file-based trackers (TensorBoard, W&B) write, or None for a remote store."""
         return Path(self.base) / TRACKING if self.is_local else None
+
+    def log_dir(self) -> Path:
+        """Local directory of the command logs (Ray's and libraries' warnings; a remote store logs locally)."""
+        return Path(self.base if self.is_local else Path(tempfile.gettempdir()) / f"sweep-{self.sweep}") / LOGS
 
     def scratch_dir(self) -> Path:
         """A fresh local directory for one command (fetched upstream artifacts of a remote store)."""
@@ -268,6 +276,33 @@ class ResultStore:
 
     def write_best(self, stage: str, rows: list[dict[str, Any]]) -> None:
         self.write_table(stage, pa.Table.from_pylist(rows), name=BEST_FILE)
+
+    # -- remembered specs
+    def remember_spec(self, record: dict[str, Any]) -> str:
+        """Save a `run`'s resolved spec record as `specs/<fingerprint>.json` and as `specs/latest.json`."""
+        text = json.dumps(record, indent=1, sort_keys=True, default=str)
+        directory = f"{self.base}/{SPECS}"
+        path = f"{directory}/{record['fingerprint']}.json"
+        try:
+            self.fs.create_dir(directory, recursive=True)
+            for name in (path, f"{directory}/{LATEST_SPEC}"):
+                temporary = f"{directory}/.tmp-{uuid.uuid4().hex}.json"
+                with self.fs.open_output_stream(temporary) as stream:
+                    stream.write(text.encode())
+                self.fs.move(temporary, name)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot save the resolved spec: {exc}") from None
+        return path
+
+    def latest_spec(self) -> dict[str, Any] | None:
+        """The record the latest `run` saved (None before any run, or if it cannot be read)."""
+        path = f"{self.base}/{SPECS}/{LATEST_SPEC}"
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                record: dict[str, Any] = json.loads(stream.read().decode())
+        except (OSError, ValueError):
+            return None
+        return record
 
     # -- artifacts
     def local_artifact_dir(self, run_id: str) -> Path | None:

@@ -17,9 +17,13 @@ from orchestrator.registry import TaskParams, task
 
 class QuadraticParams(TaskParams):
     x: float
+    """First coordinate; the minimum is at x = 1."""
     y: float = 0.0
+    """Second coordinate; the minimum is at y = -2."""
     noise: float = Field(0.0, ge=0)
+    """Standard deviation of the Gaussian noise added to the loss."""
     seed: int = 0
+    """Seed of the noise (enters the run id, so each seed is its own run)."""
 
 
 @task("demo.quadratic", params=QuadraticParams, smoke={"x": 0.5, "y": -1.0, "noise": 0.1})

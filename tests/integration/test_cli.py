@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -200,3 +202,38 @@ def test_sigterm_stops_cleanly_and_resumes(write_spec, tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     after = load_results(str(results), "termed", "s", latest=False)
     assert len(after) == 60 and after.run_id.is_unique
+
+
+def test_overrides_are_remembered_and_the_retry_hint_repeats_every_option(write_spec, tmp_path: Path) -> None:
+    # Invariant: `run` saves the resolved spec; status / report / retry without overrides use the latest run's
+    # overrides and say so; a changed spec file is not silently combined with them; the hint is runnable.
+    spec = write_spec("""\
+        name: remember
+        stages:
+          s:
+            task: demo.flaky
+            params: {i: {range: [0, 3]}, fail_if_divisible_by: 0}
+    """)
+    results = str(tmp_path / "r")
+    ran = cli("run", str(spec), "i=[10,11,12,13]", "fail_if_divisible_by=2", "--results", results,
+              "--executor", "inline", cwd=tmp_path)
+    assert ran.returncode == 1, ran.stderr
+    hint = next(line for line in ran.stdout.splitlines() if "re-run them with:" in line).split("with: ")[1]
+    assert hint == (f"orchestrator retry {spec} 'i=[10,11,12,13]' fail_if_divisible_by=2 --results {results} "
+                    "--executor inline")
+    saved = json.loads((tmp_path / "r" / "remember" / "specs" / "latest.json").read_text())
+    assert saved["overrides"] == ["i=[10,11,12,13]", "fail_if_divisible_by=2"]
+    assert saved["resolved"]["stages"]["s"]["params"]["i"] == [10, 11, 12, 13]
+    assert (tmp_path / "r" / "remember" / "specs" / f"{saved['fingerprint']}.json").is_file()
+
+    status = cli("status", str(spec), "--results", results, cwd=tmp_path)
+    assert "using the overrides of the latest run (i=[10,11,12,13] fail_if_divisible_by=2)" in status.stderr
+    assert "│    4 │    2 │      2 │      0 │" in status.stdout and "no longer in the spec" not in status.stdout
+    report = cli("report", str(spec), "--results", results, cwd=tmp_path)
+    assert "using the overrides" in report.stderr and "2 ok" in report.stdout
+    retried = cli(*shlex.split(hint)[1:], cwd=tmp_path)
+    assert retried.returncode == 1 and "executed 2 runs (2 failed)" in retried.stderr  # deterministic failures
+
+    spec.write_text(spec.read_text().replace("range: [0, 3]", "range: [0, 2]"))
+    changed = cli("status", str(spec), "--results", results, cwd=tmp_path)
+    assert "changed since the latest run" in changed.stderr and "│    2 │    0 │      0 │      2 │" in changed.stdout

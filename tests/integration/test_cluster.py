@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,39 @@ def test_ray_job_submit_runs_the_same_command(tmp_path: Path) -> None:
         assert job.returncode == 0, job.stdout + job.stderr
     df = load_results(str(results), "job", "s")
     assert sorted(df.x) == [0.0, 1.0, 2.0] and (df.status == "ok").all()
+
+
+def readme_job_submit_line() -> str:
+    """The README's `ray job submit` command, joined from its backslash-continued lines."""
+    text = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "ray job submit" in b)
+    return block.replace("\\\n", " ").strip()
+
+
+def test_the_readme_job_submit_line_works_verbatim(tmp_path: Path) -> None:
+    # Invariant: the README's line, run by bash from the checkout with only the head address and the results
+    # path replaced, stores rows that record the submitting checkout's commit.
+    line = readme_job_submit_line()
+    assert "http://HEAD:8265" in line and "/shared/results" in line
+    results = tmp_path / "results"
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # the cluster's python
+    with ray_head(env) as (_, dashboard):
+        line = line.replace("http://HEAD:8265", f"http://127.0.0.1:{dashboard}").replace("/shared/results",
+                                                                                        str(results))
+        if not (REPO / ".venv" / "bin").is_dir():  # a checkout whose environment lives elsewhere
+            line = line.replace(".venv/bin/", f"{bin_dir}/")
+        deadline = time.time() + 180
+        while True:  # the head's job server takes a moment to start
+            job = subprocess.run(["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            if job.returncode == 0 or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    df = load_results(str(results), "demo", "sums")
+    assert len(df) == 12 and (df.status == "ok").all()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert set(df.git_commit) == {commit} and df.git_dirty.notna().all()
 
 
 CLUSTER_SCRIPT = textwrap.dedent("""

@@ -112,6 +112,38 @@ def test_overrides_hydra_style(tmp_path: Path) -> None:
     assert [(r["x"], r["y"], r["noise"]) for r in runs] == [(3.0, 2.0, 0.5), (4.0, 2.0, 0.5)]
 
 
+@pytest.mark.parametrize("override", ["y=[1,2]", "y=1,2", "y= 1, 2", "y={grid: [1, 2]}", "stages.a.params.y=[1,2]"])
+def test_a_list_override_of_a_scalar_parameter_is_a_grid(tmp_path: Path, override: str) -> None:
+    # Invariant: y=[1,2] and Hydra's y=1,2 sweep y, as the explicit {grid: [1,2]} does.
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nstages:\n  a: {task: demo.quadratic, params: {x: 1, y: 0}}\n")
+    runs = build_plan(load_spec(spec, [override])).stages["a"].runs.values()
+    assert sorted(r.params["y"] for r in runs) == [1.0, 2.0]
+
+
+def test_a_list_override_of_a_list_parameter_stays_one_value(tmp_path: Path) -> None:
+    # A parameter that holds lists takes the list as its value; a list of lists sweeps it.
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nstages:\n  a:\n    task: editing.finetune\n    params: {trainable_layers: null}\n")
+    one = build_plan(load_spec(spec, ["trainable_layers=[0,1]"])).stages["a"].runs.values()
+    assert [r.params["trainable_layers"] for r in one] == [[0, 1]]
+    two = build_plan(load_spec(spec, ["trainable_layers=[[0],[1]]"])).stages["a"].runs.values()
+    assert sorted(r.params["trainable_layers"][0] for r in two) == [0, 1]
+
+
+@pytest.mark.parametrize("override", ["lr=0.1", "stages.t.params.lr=0.1"])
+def test_an_override_that_tune_space_shadows_is_an_error(tmp_path: Path, override: str) -> None:
+    # Invariant: an override with no effect is refused, naming why and what to change instead.
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nstages:\n  t:\n    task: demo.quadratic\n    params: {x: 1}\n"
+                    "    tune: {metric: loss, mode: min, space: {y: {uniform: [-3, 3]}}}\n")
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_spec(spec, [override.replace("lr", "y")]))
+    message = str(caught.value)
+    assert "<command line>" in message and "no effect" in message and "tune.space" in message
+    assert "stages.t.tune.space.y=" in message
+
+
 @pytest.mark.parametrize("n", [1, 7])
 def test_size_matches_enumeration(n: int) -> None:
     space = parse_params({"a": {"grid": list(range(n))}, "b": {"zip": {"c": [1, 2], "d": [3, 4]}}},

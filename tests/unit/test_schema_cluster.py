@@ -8,6 +8,7 @@ import pytest
 from orchestrator import cluster
 from orchestrator.errors import ResourceError
 from orchestrator.execute import RunResult
+from orchestrator.provenance import CodeState
 from orchestrator.runs import Run, make_run_id
 from orchestrator.schema import BAD_OUTPUT, COLUMN_TYPES, FAILED, OK, RESERVED_COLUMNS, from_column, result_rows
 from orchestrator.spec import Resources
@@ -19,6 +20,9 @@ def a_run(**params: object) -> Run:
     ids = [i for group in upstream.values() for i in group]
     return Run("s", "st", "demo.x", "tasks.demo.task:x", 1, dict(params), make_run_id("demo.x", 1, params, ids),
                upstream)
+
+
+NO_GIT = CodeState(None, None)
 
 
 def a_result(rows: list[dict[str, object]], status: str = OK) -> RunResult:
@@ -41,7 +45,7 @@ def test_lineage_enters_the_id_in_any_order() -> None:
 def test_rows_carry_identity_lineage_and_provenance() -> None:
     # Invariant: every stored row has each reserved column; upstream ids are a sorted list of strings.
     run = a_run(x=2, nested={"k": [1]})
-    rows = result_rows(run, a_result([{"m": 1.5}, {"m": 2.5}]), "abc", "{}")
+    rows = result_rows(run, a_result([{"m": 1.5}, {"m": 2.5}]), CodeState("abc", False), "{}")
     assert len(rows) == 2 and set(RESERVED_COLUMNS) <= set(rows[0])
     assert rows[0]["upstream_run_ids"] == ["a" * 16, "b" * 16] and rows[0]["nested"] == '{"k": [1]}'
     table = _to_table(rows)
@@ -51,17 +55,17 @@ def test_rows_carry_identity_lineage_and_provenance() -> None:
 
 def test_reserved_and_clashing_columns_become_bad_output() -> None:
     # Invariant: a task may not return an orchestrator column, nor a parameter's name with another value.
-    (row,) = result_rows(a_run(x=2), a_result([{"status": "mine"}]), None, "{}")
+    (row,) = result_rows(a_run(x=2), a_result([{"status": "mine"}]), NO_GIT, "{}")
     assert row["status"] == row["error_type"] == BAD_OUTPUT and "reserved" in row["error"]
-    (row,) = result_rows(a_run(x=2), a_result([{"x": 3}]), None, "{}")
+    (row,) = result_rows(a_run(x=2), a_result([{"x": 3}]), NO_GIT, "{}")
     assert row["error_type"] == BAD_OUTPUT and "clashing with parameter x=2" in row["error"]
-    same = result_rows(a_run(x=2), a_result([{"x": 2, "m": 1}]), None, "{}")
+    same = result_rows(a_run(x=2), a_result([{"x": 2, "m": 1}]), NO_GIT, "{}")
     assert same[0]["status"] == OK
 
 
 def test_typed_columns_survive_all_null_batches() -> None:
     # Invariant: a batch of failures only (nulls everywhere) still writes the schema's types.
-    (row,) = result_rows(a_run(x=1), a_result([], FAILED), None, "{}")
+    (row,) = result_rows(a_run(x=1), a_result([], FAILED), NO_GIT, "{}")
     table = _to_table([row])
     for name, kind in COLUMN_TYPES.items():
         assert table.schema.field(name).type == kind, name
