@@ -40,6 +40,7 @@ from orchestrator.schema import is_failure
 from orchestrator.spec import load_spec
 from orchestrator.status import StageSummary, summarize
 from orchestrator.store import SPECS, ResultStore
+from orchestrator.tracking import TrackingOptions, parse_backends
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -57,6 +58,11 @@ GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPU
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into stages that hold another task's results "
                                         "(another spec with this sweep name).")]
+TrackOpt = Annotated[list[str] | None, typer.Option("--track", help="Log each stored run to an experiment tracker: "
+                                                   "mlflow, tensorboard, wandb (repeatable or a comma list; adds "
+                                                   "to the spec's `tracking: {backends: [...]}`).")]
+TrackDirOpt = Annotated[str | None, typer.Option("--track-dir", help="Where TensorBoard and W&B files go "
+                                                 "[<results>/<sweep>/tracking].")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also show Ray's logs, warnings and the "
                                           "workers' output here (always in <results>/<sweep>/logs/).")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="ray: Ray tasks and actors (local or a cluster); "
@@ -86,6 +92,8 @@ class Invocation:
     executor: str = "ray"
     force: bool = False
     verbose: bool = False
+    track: list[str] = field(default_factory=list)
+    track_dir: str | None = None
 
     def command(self, name: str) -> str:
         """This invocation as the shell command `orchestrator <name> ...`, every given option repeated."""
@@ -98,6 +106,10 @@ class Invocation:
             words += ["--stage", stage]
         if self.executor != "ray":
             words += ["--executor", self.executor]
+        for backend in self.track:
+            words += ["--track", backend]
+        if self.track_dir is not None:
+            words += ["--track-dir", self.track_dir]
         return shlex.join(words) + (" --force" if self.force else "") + (" -v" if self.verbose else "")
 
 
@@ -266,6 +278,7 @@ def _execute(call: Invocation, retry: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        tracking = _tracking(call)  # an unknown --track is refused before anything is saved
         sweep, store = _load(call, remembered=retry)
         unknown = [s for s in call.stages if s not in sweep.stages]
         if unknown:
@@ -274,7 +287,7 @@ def _execute(call: Invocation, retry: bool) -> None:
         log = logfile.start(store.log_dir(), "retry" if retry else "run", call.verbose)
         clock = time.perf_counter()
         connector = Connector(sweep, call.executor, call.address, call.num_cpus, call.num_gpus, call.stages or None)
-        options = RunOptions(retry=retry, stages=call.stages or None, force=call.force)
+        options = RunOptions(retry=retry, stages=call.stages or None, force=call.force, tracking=tracking)
         outcomes = run_sweep(sweep, store, connector, options, progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
@@ -305,25 +318,60 @@ def _execute(call: Invocation, retry: bool) -> None:
 @app.command()
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-        executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
+        executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False, track: TrackOpt = None,
+        track_dir: TrackDirOpt = None) -> None:
     """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed.
 
     Saves the resolved spec (after overrides) under <results>/<sweep>/specs/.
     """
     _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
-                        verbose), retry=False)
+                        verbose, track or [], track_dir), retry=False)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
-          executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
+          executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False,
+          track: TrackOpt = None, track_dir: TrackDirOpt = None) -> None:
     """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history.
 
     Without overrides, uses those of the latest `run` of this spec (it says so).
     """
     _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
-                        verbose), retry=True)
+                        verbose, track or [], track_dir), retry=True)
+
+
+def _tracking(call: Invocation) -> TrackingOptions:
+    """The command's --track and --track-dir (the spec's `tracking:` block is added by the runner)."""
+    return TrackingOptions(parse_backends(call.track), call.track_dir)
+
+
+@app.command("export")
+def export_command(
+    spec: SpecArg,
+    to: Annotated[list[str], typer.Option("--to", help="mlflow, tensorboard, wandb (repeatable or a comma list).",
+                                          show_default=False)],
+    overrides: OverridesArg = None,
+    results: ResultsOpt = None,
+    stage: StageOpt = None,
+    track_dir: TrackDirOpt = None,
+) -> None:
+    """Log the runs already stored to experiment trackers; runs a tracker already holds are not logged twice."""
+    from orchestrator.tracking import export
+
+    try:
+        sweep, store = _load(Invocation(spec, overrides or [], results, stages=stage or []))
+        unknown = [s for s in stage or [] if s not in sweep.stages]
+        if unknown:
+            raise UsageError(f"--stage {unknown[0]}: no such stage (stages: {', '.join(sweep.order)})")
+        options = TrackingOptions(parse_backends(to, "--to"), track_dir or sweep.loaded.spec.tracking.dir,
+                                  sweep.loaded.spec.tracking.experiment)
+        done = export(sweep, store, options, stage)
+    except OrchestratorError as exc:
+        _fail(exc)
+    for backend in options.backends:
+        console.print(f"{backend}: logged {done.logged.get(backend, 0)} runs, {done.skipped.get(backend, 0)} "
+                      "already there")
 
 
 @app.command("slurm")

@@ -25,6 +25,7 @@ from orchestrator.runs import Run
 from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, ColumnKinds, result_rows
 from orchestrator.select import Trial
 from orchestrator.store import ResultStore, RowWriter, RunState, SweepLock
+from orchestrator.tracking import Tracking, TrackingOptions
 from orchestrator.tune import GroupSearch, TrialSource, best_rows, new_study, stored_trials
 
 
@@ -65,6 +66,7 @@ class RunOptions:
     flush_s: float = 2.0
     stages: list[str] | None = None  # only these stages (default: all)
     force: bool = False  # write into a stage that holds another task's results
+    tracking: TrackingOptions | None = None  # mirror each stored run into these trackers (driver side)
 
 
 @dataclass
@@ -119,13 +121,15 @@ class StageRun:
     """Executes one stage's work and stores every result: the single path of every run."""
 
     def __init__(self, plan: SweepPlan, store: ResultStore, stage: StagePlan, options: RunOptions,
-                 progress: ProgressSink, resolved: dict[str, list[Run] | None], scratch: Path) -> None:
+                 progress: ProgressSink, resolved: dict[str, list[Run] | None], scratch: Path,
+                 tracking: Tracking | None = None) -> None:
         self.plan, self.store, self.stage, self.options, self.progress = plan, store, stage, options, progress
-        self.resolved, self.scratch = resolved, scratch
+        self.resolved, self.scratch, self.tracking = resolved, scratch, tracking
         self.states = store.run_states(stage.name)
         self.kinds = ColumnKinds(store.column_kinds(stage.name))
         self.outcome = StageOutcome(stage.name)
-        self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s)
+        self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s,
+                                on_flush=self.track if tracking is not None else None)
         self.runs: dict[str, Run] = {}
         self.upstream_states = {need: store.run_states(need) for need in stage.needs}
         self.upstream_runs = {need: {r.run_id: r for r in resolved.get(need) or []} for need in stage.needs}
@@ -185,10 +189,10 @@ class StageRun:
                 raise StoreError(f"{self.store.stage_dir(self.stage.name)}: cannot store run {run.run_id}: "
                                  f"{self.kinds.problem(rows)}")
         self.kinds.accept(rows)
-        self.writer.add(rows)
-        if result.artifact_dir:
+        if result.artifact_dir:  # before the rows: a stored row's artifacts are always in place
             self.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
+        self.writer.add(rows)
         if self.trials is not None:
             self.trials.finished(run.run_id, result)
         self.outcome.executed += 1
@@ -200,12 +204,19 @@ class StageRun:
             self.outcome.failures.append(result)
             self.progress.advance(self.stage.name, 0, 1)
 
+    def track(self, rows: list[dict[str, Any]]) -> None:
+        """Mirror rows just stored into the trackers (a tracker's failure is a warning, never lost rows)."""
+        assert self.tracking is not None
+        self.tracking.log_rows(rows, self.stage.task.params.model_fields, self.store.local_artifact_dir)
+
     def execute(self, executor: Executor, source: WorkSource) -> None:
         start = time.perf_counter()
         try:
             self.outcome.setup_loads = executor.run(self.stage.execution, source, self.on_result, self.writer.tick)
         finally:
             self.writer.flush()
+            if self.tracking is not None:
+                self.tracking.log_pending()
         self.outcome.wall_s = time.perf_counter() - start
 
     def runnable(self, runs: list[Run]) -> list[WorkItem]:
@@ -247,6 +258,10 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
     resolved: dict[str, list[Run] | None] = {}
     outcomes = []
     scratch = store.scratch_dir()
+    tracking = None
+    track = TrackingOptions.merged(plan.loaded.spec.tracking, options.tracking)  # the spec's block + --track
+    if track.backends:
+        tracking = Tracking(track, plan.name, store.tracking_dir(), warn=progress.note)
     try:
         with SweepLock(store):
             store.quarantine = True  # unreadable parts are moved aside only by the driver holding the lock
@@ -255,7 +270,7 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
                 if name in selected:
                     stage = plan.stages[name]
                     _refuse_foreign_results(store, stage, options.force)
-                    runner = StageRun(plan, store, stage, options, progress, resolved, scratch)
+                    runner = StageRun(plan, store, stage, options, progress, resolved, scratch, tracking)
                     if stage.kind == "tune":
                         resolved[name] = _run_tune(runner, ensure_executor)
                     else:  # running a stage stores its runs; it does not change which runs it has
@@ -267,6 +282,8 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
     finally:
         store.quarantine = False
         shutil.rmtree(scratch, ignore_errors=True)
+        if tracking is not None:
+            tracking.close()
     return outcomes
 
 

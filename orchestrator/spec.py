@@ -250,7 +250,16 @@ class Stage(_Strict):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-RESERVED_STAGE_NAMES = ("artifacts", "report", "specs", "logs")  # the results store's folders beside the stages
+# the results store's folders beside the stages
+RESERVED_STAGE_NAMES = ("artifacts", "report", "specs", "logs", "tracking")
+
+
+class TrackingSpec(_Strict):
+    """Mirror each stored run into experiment trackers (`run --track` adds to `backends`)."""
+
+    backends: list[Literal["mlflow", "tensorboard", "wandb"]] = Field(default_factory=list)
+    dir: str | None = None  # TensorBoard event files, W&B run files [<results>/<sweep>/tracking]
+    experiment: str | None = None  # MLflow experiment, W&B project [the sweep's name]
 
 
 class SweepSpec(_Strict):
@@ -258,6 +267,7 @@ class SweepSpec(_Strict):
     description: str = ""
     results: str | None = None
     max_runs: int | None = Field(None, ge=1)  # runs per stage above which `plan` refuses (default 1,000,000)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     stages: dict[str, Stage] = Field(min_length=1)
 
     @field_validator("stages")

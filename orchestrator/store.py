@@ -4,6 +4,7 @@
     <root>/<sweep>/<stage>/best.parquet      a tune stage's selected config per group
     <root>/<sweep>/artifacts/<run_id>/       files a run kept (arrays, weights)
     <root>/<sweep>/report/                   figures written by `report`
+    <root>/<sweep>/tracking/                 TensorBoard and W&B files of `run --track`, `export --to`
     <root>/<sweep>/.lock                     held by the one driver running the sweep
 
 - Each part is written under a hidden temporary name, then renamed: no half-written file is ever visible.
@@ -23,6 +24,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,9 @@ PART_NAME = re.compile(r"^part-\d{20}-[0-9a-f]{8}\.parquet$")  # the only files 
 QUARANTINE = "_quarantine"
 BEST_FILE = "best.parquet"
 # The store's folders beside the stages (no stage takes these names): run artifacts, report figures, the
-# resolved spec of every `run` (`remember_spec`), and the log of what the terminal does not show.
-ARTIFACTS, REPORT, SPECS, LOGS = RESERVED_STAGE_NAMES
+# resolved spec of every `run` (`remember_spec`), the log of what the terminal does not show, and the
+# TensorBoard and W&B files of experiment tracking.
+ARTIFACTS, REPORT, SPECS, LOGS, TRACKING = RESERVED_STAGE_NAMES
 LATEST_SPEC = "latest.json"
 
 
@@ -116,6 +119,10 @@ class ResultStore:
 
     def report_dir(self) -> Path:
         return Path(self.base) / REPORT
+
+    def tracking_dir(self) -> Path | None:
+        """Where file-based trackers (TensorBoard, W&B) write, or None for a remote store."""
+        return Path(self.base) / TRACKING if self.is_local else None
 
     def log_dir(self) -> Path:
         """Local directory of the command logs (Ray's and libraries' warnings; a remote store logs locally)."""
@@ -374,8 +381,11 @@ class RowWriter:
     so a killed driver loses at most the rows of the last few seconds (their runs are re-run on resume).
     """
 
-    def __init__(self, store: ResultStore, stage: str, flush_rows: int = 5000, flush_s: float = 2.0) -> None:
+    def __init__(self, store: ResultStore, stage: str, flush_rows: int = 5000, flush_s: float = 2.0,
+                 on_flush: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        """`on_flush` gets each batch of rows once it is stored (experiment tracking mirrors them)."""
         self.store, self.stage, self.flush_rows, self.flush_s = store, stage, flush_rows, flush_s
+        self.on_flush = on_flush
         self.rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
 
@@ -391,7 +401,9 @@ class RowWriter:
     def flush(self) -> None:
         if self.rows:
             self.store.write_rows(self.stage, self.rows)
-            self.rows = []
+            rows, self.rows = self.rows, []
+            if self.on_flush is not None:
+                self.on_flush(rows)
         self.last_flush = time.monotonic()
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with the CPU build of torch and the project (editable) with its test extras.
+# Creates .venv with the CPU build of torch and the project (editable) with its test extras (the optional
+# families and the experiment trackers included, so CI tests them).
 # Idempotent: a second call only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
