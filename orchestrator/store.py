@@ -2,6 +2,9 @@
 
     <root>/<sweep>/<stage>/part-*.parquet    rows, one atomic part per flush
     <root>/<sweep>/<stage>/best.parquet      a tune stage's selected config per group
+    <root>/<sweep>/<stage>/steps/part-*.parquet   `ctx.report` rows (run_id, attempt, step, reported_at,
+                                             metrics): apart from the result rows, so "which runs are
+                                             done", `status` and `best.parquet` never see a step
     <root>/<sweep>/artifacts/<run_id>/       files a run kept (arrays, weights)
     <root>/<sweep>/report/                   figures written by `report`
     <root>/<sweep>/.lock                     held by the one driver running the sweep
@@ -24,6 +27,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ PART_PREFIX = "part-"
 PART_NAME = re.compile(r"^part-\d{20}-[0-9a-f]{8}\.parquet$")  # the only files read as data
 QUARANTINE = "_quarantine"
 BEST_FILE = "best.parquet"
+STEPS = "steps"  # a stage's folder of step rows
 ARTIFACTS, REPORT = RESERVED_STAGE_NAMES  # the store's folders beside the stages (no stage takes these names)
 
 
@@ -108,6 +113,9 @@ class ResultStore:
     def artifact_dir(self, run_id: str) -> str:
         return f"{self.base}/{ARTIFACTS}/{run_id}"
 
+    def steps_dir(self, stage: str) -> str:
+        return f"{self.stage_dir(stage)}/{STEPS}"
+
     def best_path(self, stage: str) -> str:
         return f"{self.stage_dir(stage)}/{BEST_FILE}"
 
@@ -125,13 +133,23 @@ class ResultStore:
             return None
         return self.write_table(stage, _to_table(rows))
 
-    def write_table(self, stage: str, table: pa.Table, name: str | None = None) -> str:
+    def write_steps(self, stage: str, rows: list[dict[str, Any]]) -> str | None:
+        """Write one part of step rows (from `ctx.report`) atomically; returns its path."""
+        if not rows:
+            return None
+        rows = [{**r, "reported_at": datetime.fromtimestamp(r["reported_at"], tz=timezone.utc)} for r in rows]
+        table = _to_table(rows)
+        for name, kind in (("attempt", pa.int64()), ("step", pa.int64())):
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(kind))
+        return self.write_table(stage, table, directory=self.steps_dir(stage))
+
+    def write_table(self, stage: str, table: pa.Table, name: str | None = None, directory: str | None = None) -> str:
         """Write `table` under a temporary name, then rename it into place: readers never see half a file.
 
         A full or read-only results root is a StoreError naming the path and the OS error; the temporary
         file is removed, and nothing stored before is touched.
         """
-        directory = self.stage_dir(stage)
+        directory = directory or self.stage_dir(stage)
         final = f"{directory}/{name or f'{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet'}"
         temporary = f"{directory}/.tmp-{uuid.uuid4().hex}.parquet"
         try:
@@ -149,8 +167,8 @@ class ResultStore:
     def remove_stale_temporaries(self) -> int:
         """Delete half-written parts a killed driver left (call only while holding the sweep's lock)."""
         removed = 0
-        for stage in self.stages():
-            selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
+        for directory in [d for stage in self.stages() for d in (self.stage_dir(stage), self.steps_dir(stage))]:
+            selector = pafs.FileSelector(directory, allow_not_found=True)
             for info in self.fs.get_file_info(selector):
                 if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-"):
                     try:
@@ -161,8 +179,8 @@ class ResultStore:
         return removed
 
     # -- reading
-    def part_files(self, stage: str) -> list[str]:
-        selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
+    def part_files(self, stage: str, directory: str | None = None) -> list[str]:
+        selector = pafs.FileSelector(directory or self.stage_dir(stage), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
         names = [i.path for i in infos if i.type == pafs.FileType.File and PART_NAME.match(i.base_name)]
         return sorted(names)
@@ -184,16 +202,17 @@ class ResultStore:
         warnings.warn(f"{path}: unreadable results file moved to {target} ({reason}); its runs will be recomputed",
                       stacklevel=3)
 
-    def _read_parts(self, stage: str, columns: list[str] | None) -> list[pa.Table]:
+    def _read_parts(self, stage: str, columns: list[str] | None, directory: str | None = None) -> list[pa.Table]:
         tables = []
-        for path in self.part_files(stage):
+        for path in self.part_files(stage, directory):
             try:
                 with self.fs.open_input_file(path) as handle:
                     parquet = pq.ParquetFile(handle)
                     names = parquet.schema_arrow.names
-                    if "run_id" not in names or "status" not in names:
-                        warnings.warn(f"{path}: not a results file of this tool (no run_id/status); ignored",
-                                      stacklevel=3)
+                    required = ("run_id", "status") if directory is None else ("run_id", "step")
+                    if not all(name in names for name in required):
+                        warnings.warn(f"{path}: not a results file of this tool (no {'/'.join(required)}); "
+                                      "ignored", stacklevel=3)
                         continue
                     wanted = [c for c in columns if c in names] if columns else None
                     tables.append(parquet.read(columns=wanted))
@@ -218,6 +237,21 @@ class ResultStore:
         if latest and table.num_rows:
             table = latest_attempts(table)
         return table
+
+    def step_rows(self, stage: str, latest: bool = True) -> pa.Table:
+        """Every `ctx.report` row of a stage: `run_id`, `attempt`, `step`, `reported_at` (UTC) and the
+        reported metrics, in the order they were stored (join to `read_stage` on `run_id` for params).
+
+        With `latest`, only each run's latest attempt that reported (a retried run's earlier curve is
+        history). A run stopped by a scheduler, or killed, keeps the steps it reported.
+        """
+        tables = self._read_parts(stage, None, self.steps_dir(stage))
+        if not tables:
+            return pa.table({name: pa.array([], kind) for name, kind in (
+                ("run_id", pa.string()), ("attempt", pa.int64()), ("step", pa.int64()),
+                ("reported_at", pa.timestamp("us", tz="UTC")))})
+        table = _concat(tables)
+        return latest_attempts(table) if latest and table.num_rows else table
 
     def column_kinds(self, stage: str) -> dict[str, str | None]:
         """The kind (int, float, string, ...) of every column stored for a stage, from the parts' schemas."""
@@ -340,8 +374,11 @@ class RowWriter:
     so a killed driver loses at most the rows of the last few seconds (their runs are re-run on resume).
     """
 
-    def __init__(self, store: ResultStore, stage: str, flush_rows: int = 5000, flush_s: float = 2.0) -> None:
+    def __init__(self, store: ResultStore, stage: str, flush_rows: int = 5000, flush_s: float = 2.0,
+                 steps: bool = False) -> None:
+        """`steps`: write the stage's step rows (`ctx.report`) instead of its result rows."""
         self.store, self.stage, self.flush_rows, self.flush_s = store, stage, flush_rows, flush_s
+        self.steps = steps
         self.rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
 
@@ -356,7 +393,8 @@ class RowWriter:
 
     def flush(self) -> None:
         if self.rows:
-            self.store.write_rows(self.stage, self.rows)
+            write = self.store.write_steps if self.steps else self.store.write_rows
+            write(self.stage, self.rows)
             self.rows = []
         self.last_flush = time.monotonic()
 
@@ -364,6 +402,11 @@ class RowWriter:
 def load_results(root: str, sweep: str, stage: str, latest: bool = True) -> Any:
     """A stage's rows as a pandas DataFrame (the public reading API)."""
     return ResultStore(root, sweep).read_stage(stage, latest=latest).to_pandas()
+
+
+def load_steps(root: str, sweep: str, stage: str, latest: bool = True) -> Any:
+    """A stage's step rows (`ctx.report`) as a pandas DataFrame; see `ResultStore.step_rows`."""
+    return ResultStore(root, sweep).step_rows(stage, latest=latest).to_pandas()
 
 
 class SweepLock:
