@@ -235,7 +235,7 @@ class TuneSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     seed: int = 0
     sampler: str | dict[str, Any] = "tpe"
-    scheduler: dict[str, Any] | None = None
+    scheduler: str | dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _metrics_and_modes(self) -> TuneSpec:

@@ -52,6 +52,7 @@ SAMPLERS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "nsga2": ("NSGAIISampler", True, ("seed",)),
     "grid": ("GridSampler", True, ("seed", "search_space")),
 }
+SAMPLER_NEEDS = {"cmaes": ("cmaes",), "qmc": ("scipy",), "gp": ("scipy", "torch")}
 # scheduler type -> optuna pruner class, and Ray Tune's names for its options
 SCHEDULERS: dict[str, tuple[str, dict[str, str]]] = {
     "asha": ("SuccessiveHalvingPruner", {"grace_period": "min_resource"}),
@@ -141,6 +142,12 @@ def parse_sampler(tune: TuneSpec, distributions: dict[str, Any], source: SpecSou
 
     name, options = _options(tune.sampler, "sampler", list(SAMPLERS), source, path)
     class_name, multi, reserved = SAMPLERS[name]
+    for module in SAMPLER_NEEDS.get(name, ()):
+        try:
+            __import__(module)
+        except ImportError:
+            raise source.error(path, f"sampler {name} needs the package '{module}'",
+                               hint="pip install 'interp-sweeps[tune]'") from None
     klass = getattr(optuna.samplers, class_name)
     _check_kwargs(klass, options, reserved, f"sampler {name} ({class_name})", source, path)
     if tune.multi and not multi:
