@@ -197,8 +197,20 @@ def make_sampler(name: str, options: dict[str, Any], distributions: dict[str, An
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         klass = getattr(optuna.samplers, SAMPLERS[name][0])
         if name == "grid":
-            return klass(grid_space(distributions), seed=seed, **options)
+            return _grid_sampler()(grid_space(distributions), seed=seed, **options)
         return klass(seed=seed, **options)
+
+
+def _grid_sampler() -> Any:
+    """Optuna's GridSampler without its `study.stop()` once the grid is covered (that is for
+    `study.optimize`; here the group's budget and the repeat allowance end the search)."""
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):  # type: ignore[misc]
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return Grid
 
 
 def parse_scheduler(tune: TuneSpec, source: SpecSource, path: KeyPath) -> tuple[str, dict[str, Any]] | None:
