@@ -206,7 +206,7 @@ def _grid_sampler() -> Any:
     `study.optimize`; here the group's budget and the repeat allowance end the search)."""
     import optuna
 
-    class Grid(optuna.samplers.GridSampler):  # type: ignore[misc]
+    class Grid(optuna.samplers.GridSampler):
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
             return None
 
