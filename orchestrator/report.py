@@ -18,6 +18,7 @@ from rich.table import Table
 from orchestrator.plan import SweepPlan
 from orchestrator.schema import OK, RESERVED_COLUMNS
 from orchestrator.store import ResultStore
+from orchestrator.tune_report import tune_report
 
 MAX_ROWS = 40
 MAX_METRICS = 8
@@ -85,6 +86,7 @@ def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path
             items.append(_table(f"{stage}: best config per group ({plan.stage.tune.metric}, "
                                 f"{plan.stage.tune.mode}; {'; '.join(plan.stage.tune.constraints) or 'no constraint'})",
                                 best[shown]))
+        items += tune_report(sweep, store, stage, out_dir)  # per-group Optuna plots, constraint slack
     target = report_hooks().get(plan.task.name)
     summary = summary_frame(df, list(plan.task.params.model_fields))
     if not target and not summary.empty:
