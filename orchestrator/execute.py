@@ -305,6 +305,8 @@ def node_name() -> str:
         return host
     import ray
 
+    if not ray.is_initialized():  # get_runtime_context() would start a local Ray (seconds) in the driver
+        return host
     try:
         return f"{host}:{ray.get_runtime_context().get_node_id()[:12]}"
     except Exception:
@@ -317,6 +319,8 @@ def current_gpu_ids() -> list[int]:
         return []
     import ray
 
+    if not ray.is_initialized():
+        return []
     try:
         return [int(g) for g in ray.get_gpu_ids()]
     except Exception:
