@@ -4,7 +4,7 @@ Objective: `demo.quadratic`, loss = (x - 1)^2 + (y + 2)^2, x in [-3, 5], y in [-
 (1, -2)). Every arm runs one trial at a time with TPESampler(seed=0): the orchestrator's `tune.seed`
 is chosen so that its group seed (tune.group_seed) is 0 as well, so with one trial in flight it asks
 the same sampler the same questions as plain Optuna. Printed: wall time and best loss per arm, and
-the ratios to plain Optuna.
+the ratios to plain Optuna. The Ray arms include starting and stopping a local Ray (as a command does).
 
     ../.venv/bin/python tune_anchors.py [--trials 50]
 """
@@ -47,7 +47,7 @@ def loss(x: float, y: float) -> float:
     return (x - 1.0) ** 2 + (y + 2.0) ** 2
 
 
-def orchestrator_arm(trials: int) -> tuple[float, float]:
+def orchestrator_arm(trials: int, executor: str = "ray") -> tuple[float, float]:
     from orchestrator.api import run_spec
     from orchestrator.store import load_results
 
@@ -55,7 +55,7 @@ def orchestrator_arm(trials: int) -> tuple[float, float]:
     spec = write_spec(SPEC.format(trials=trials, seed=seed))
     results = tempfile.mkdtemp(prefix="anchors-")
     start = time.perf_counter()
-    run_spec(spec, results)  # Ray executor, local Ray started and stopped inside (as `orchestrator run`)
+    run_spec(spec, results, executor=executor)  # ray: a local Ray started and stopped inside, as `run` does
     wall = time.perf_counter() - start
     return wall, float(load_results(results, "anchors", "val").loss.min())
 
@@ -99,8 +99,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     args = parser.parse_args()
     figures = {}
-    for label, arm in (("plain optuna", optuna_arm), ("orchestrator (ray executor)", orchestrator_arm),
-                       ("ray.tune.Tuner + OptunaSearch", ray_tune_arm)):
+    arms = (("plain optuna", optuna_arm), ("orchestrator (ray executor)", orchestrator_arm),
+            ("orchestrator (inline executor)", lambda n: orchestrator_arm(n, "inline")),
+            ("ray.tune.Tuner + OptunaSearch", ray_tune_arm))
+    for label, arm in arms:
         figures[label] = arm(args.trials)
         print(f"  {label}: wall {figures[label][0]:.2f} s, best loss {figures[label][1]:.6f}", flush=True)
     base_wall, base_best = figures["plain optuna"]

@@ -123,3 +123,44 @@ def test_median_and_hyperband_stop_trials(write_spec, tmp_path: Path, scheduler:
     steps = load_steps(str(results), "curves", "val")
     rows = load_results(str(results), "curves", "val")
     assert (steps.groupby("run_id").step.max()[rows[rows.status == "pruned"].run_id] < 27).all()
+
+
+class Recorder:
+    """A progress sink that keeps every call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None:
+        self.calls.append(("started", total, already_done, to_run))
+
+    def advance(self, stage: str, ok: int, failed: int, pruned: int = 0) -> None:
+        self.calls.append(("advance", ok, failed, pruned))
+
+    def stage_finished(self, stage: str) -> None:
+        self.calls.append(("finished",))
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("executor", ["inline", "ray"])
+def test_progress_counts_each_trial_as_it_lands(write_spec, tmp_path: Path, executor: str) -> None:
+    # Invariant: a tune stage's progress advances once per stored trial (ok / failed / pruned), between
+    # its start and its end, adding up to the trials run; the CLI bar shows the pruned count.
+    from orchestrator.cli import RichProgress
+
+    spec = write_spec(TUNE.format(n=12, scheduler="{type: asha, grace_period: 1, reduction_factor: 3}"))
+    recorder = Recorder()
+    (outcome,) = run_spec(spec, str(tmp_path / "r"), executor=executor, progress=recorder)
+    assert recorder.calls[0] == ("started", 12, 0, 12) and recorder.calls[-1] == ("finished",)
+    steps = recorder.calls[1:-1]
+    assert len(steps) == 12 and all(call[0] == "advance" and sum(call[1:]) == 1 for call in steps)
+    assert sum(call[3] for call in steps) == outcome.pruned > 0
+    bar = RichProgress()
+    bar.stage_started("val", 12, 0, 12)
+    for call in steps:
+        bar.advance("val", *call[1:])
+    task = bar.progress.tasks[0]
+    assert task.completed == 12 and task.fields["pruned"] == outcome.pruned and task.fields["failed"] == 0
+    bar.close()
