@@ -234,11 +234,13 @@ class RichProgress:
     def __init__(self) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"), TextColumn("[yellow]{task.fields[pruned]} pruned"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=False,
         )
         self.ids: dict[str, TaskID] = {}
         self.failed: dict[str, int] = {}
+        self.pruned: dict[str, int] = {}
 
     def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None:
         if already_done:
@@ -248,13 +250,16 @@ class RichProgress:
         if not self.ids:
             self.progress.start()
         self.failed[stage] = 0
-        self.ids[stage] = self.progress.add_task(stage, total=to_run, failed=0)
+        self.pruned[stage] = 0
+        self.ids[stage] = self.progress.add_task(stage, total=to_run, failed=0, pruned=0)
 
-    def advance(self, stage: str, ok: int, failed: int) -> None:
+    def advance(self, stage: str, ok: int, failed: int, pruned: int = 0) -> None:
         if stage not in self.ids:
             return
         self.failed[stage] += failed
-        self.progress.update(self.ids[stage], advance=ok + failed, failed=self.failed[stage])
+        self.pruned[stage] += pruned
+        self.progress.update(self.ids[stage], advance=ok + failed + pruned, failed=self.failed[stage],
+                             pruned=self.pruned[stage])
 
     def stage_finished(self, stage: str) -> None:
         self.progress.refresh()

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator.context import RunContext, Upstream
+from orchestrator.context import Reporter, RunContext, TrialPruned, Upstream
 from orchestrator.registry import TaskDef, resolve_target
-from orchestrator.schema import BAD_OUTPUT, FAILED, MEMORY_LIMIT, MISSING_UPSTREAM, OK, TASK_ERROR, TIMEOUT
+from orchestrator.schema import BAD_OUTPUT, FAILED, MEMORY_LIMIT, MISSING_UPSTREAM, OK, PRUNED, TASK_ERROR, TIMEOUT
 from orchestrator.spec import Retries
+from orchestrator.steps import LocalChannel, StepChannel, StopRule
 
 SCALARS = (str, int, float, bool, type(None))
 
@@ -46,6 +47,8 @@ class RunPayload:
     upstream: dict[str, list[Upstream]] = field(default_factory=dict)
     memory_bytes: int | None = None
     timeout_s: float | None = None
+    steps: Any = None  # the stage's step broker handle (`ctx.report` goes there), or None
+    step_group: str | None = None  # a tune trial's group: the scheduler judges its reports within it
 
 
 @dataclass
@@ -63,6 +66,7 @@ class RunResult:
     traceback: str | None = None
     artifact_dir: str | None = None  # where the artifacts were left, for non-local stores
     warnings: list[str] = field(default_factory=list)  # Python warnings the run raised (the driver logs them)
+    steps_reported: int = 0  # `ctx.report` calls the run made
 
 
 def normalize_rows(output: Any) -> list[dict[str, Any]]:
@@ -237,6 +241,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         upstream=payload.upstream,
     )
     result = RunResult(payload.run_id, OK, [], started, 0.0, node_name(), None, payload.attempt)
+    ctx.reporter = _reporter(payload, result)
     keep_work = False
     try:
         task = resolve_target(payload.target)
@@ -260,6 +265,9 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
                 _publish_local(Path(payload.artifact_root) / payload.run_id, artifact_tmp)
             elif any(artifact_tmp.iterdir()):
                 result.artifact_dir, keep_work = str(artifact_tmp), True
+    except TrialPruned as exc:
+        result.status = result.error_type = PRUNED
+        result.error, result.rows = str(exc), []
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
@@ -291,6 +299,19 @@ def captured_warnings(into: list[str]) -> Iterator[None]:
                     into.append(text)
 
 
+def _reporter(payload: RunPayload, result: RunResult) -> Reporter | None:
+    """`ctx.report` of this run: to the stage's broker (None: the run's context keeps the reports)."""
+    broker = payload.steps
+    if broker is None:
+        return None
+
+    def report(step: int, metrics: dict[str, Any]) -> bool:
+        result.steps_reported += 1
+        return bool(broker.report(payload.run_id, payload.attempt, payload.step_group, step, metrics))
+
+    return report
+
+
 _WORK_ROOT: Path | None = None
 
 
@@ -318,6 +339,8 @@ def node_name() -> str:
         return host
     import ray
 
+    if not ray.is_initialized():  # get_runtime_context() would start a local Ray (seconds) in the driver
+        return host
     try:
         return f"{host}:{ray.get_runtime_context().get_node_id()[:12]}"
     except Exception:
@@ -330,6 +353,8 @@ def current_gpu_ids() -> list[int]:
         return []
     import ray
 
+    if not ray.is_initialized():
+        return []
     try:
         return [int(g) for g in ray.get_gpu_ids()]
     except Exception:
@@ -419,6 +444,11 @@ def retry_as_system_failure(item: WorkItem, result: RunResult, retries: Retries)
     return result.error_type == TIMEOUT and item.system_failures < retries.system
 
 
+def retry_as_error(item: WorkItem, result: RunResult, retries: Retries) -> bool:
+    """An exception in the task is retried `retries.errors` times (a pruned run is final, not a failure)."""
+    return result.status == FAILED and result.error_type != TIMEOUT and item.errors < retries.errors
+
+
 class InlineExecutor:
     """Runs every run in this process, one after another: no Ray, same rows, same store, same resume.
 
@@ -433,6 +463,9 @@ class InlineExecutor:
 
     def slots(self, resources: Any) -> int:
         return 1
+
+    def step_channel(self, rule: StopRule | None) -> StepChannel:
+        return LocalChannel(rule)
 
     def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
             on_tick: Callable[[], None] | None = None) -> int:
@@ -451,7 +484,7 @@ class InlineExecutor:
                     item.payload.attempt += 1
                     time.sleep(min(stage.retries.backoff_s * 2 ** (item.system_failures - 1), 60.0))
                     continue
-                if result.status != OK and result.error_type != TIMEOUT and item.errors < stage.retries.errors:
+                if retry_as_error(item, result, stage.retries):
                     item.errors += 1
                     item.payload.attempt += 1
                     time.sleep(min(stage.retries.backoff_s * 2 ** (item.errors - 1), 60.0))

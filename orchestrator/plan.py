@@ -27,7 +27,16 @@ from orchestrator.runs import Run, canonical_json, make_run_id
 from orchestrator.schema import param_column
 from orchestrator.select import Constraint
 from orchestrator.spec import KeyPath, LoadedSpec, Resources, Stage, stage_order
-from orchestrator.tune import Group, corner, corner_values, parse_constraints, parse_space
+from orchestrator.tune import (
+    Group,
+    chosen_rows,
+    corner,
+    corner_values,
+    parse_constraints,
+    parse_sampler,
+    parse_scheduler,
+    parse_space,
+)
 
 StageKind = Literal["grid", "tune", "transfer"]
 
@@ -55,6 +64,9 @@ class StagePlan:
     distributions: dict[str, Any] = field(default_factory=dict)  # tune
     constraints: list[Constraint] = field(default_factory=list)  # tune
     groups: list[Group] = field(default_factory=list)  # tune
+    sampler: tuple[str, dict[str, Any]] = ("tpe", {})  # tune: optuna sampler name and options
+    scheduler: tuple[str, dict[str, Any]] | None = None  # tune: early stopping (pruner) and its options
+    source_tune: Any = None  # transfer: the TuneSpec of the stage it transfers from
     overlay: list[dict[str, Any]] = field(default_factory=list)  # transfer: its own params, expanded
 
     def path(self, *keys: str | int) -> KeyPath:
@@ -77,14 +89,14 @@ class StagePlan:
         return len(self.runs) if self.kind == "grid" and self.linked else None
 
     def make_run(self, params: dict[str, Any], upstream: dict[str, tuple[str, ...]] | None = None,
-                 selected_from: str | None = None) -> Run:
+                 selected_from: str | None = None, selected_by: str | None = None) -> Run:
         """Validate `params` against the task's model and address the run by its lineage."""
         validated = self.validate(params)
         upstream = upstream or {}
         ids = [i for group in upstream.values() for i in group]
         return Run(self.sweep, self.name, self.task.name, self.task.target, self.task.version, validated,
                    make_run_id(self.task.name, self.task.version, validated, ids, selected_from),
-                   upstream, selected_from)
+                   upstream, selected_from, selected_by)
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         model = self.task.params
@@ -146,14 +158,14 @@ class StagePlan:
         self.linked = True
 
     def transfer_runs(self, best: list[dict[str, Any]]) -> list[Run]:
-        """Each feasible group's selected config with this stage's params laid over it (distinct runs)."""
+        """Each feasible group's selected config(s) with this stage's params laid over them (distinct runs);
+        from a multi-objective stage, the front points its `select:` rule takes."""
         runs: dict[str, Run] = {}
-        for row in best:
-            if not row["feasible"]:
-                continue
+        tune = self.source_tune
+        for row, rule in chosen_rows(best, self.stage.select, tune.metrics, tune.modes):
             chosen = json.loads(row["best_params"])
             for extra in self.overlay:
-                run = self.make_run({**chosen, **extra}, selected_from=row["best_run_id"])
+                run = self.make_run({**chosen, **extra}, selected_from=row["best_run_id"], selected_by=rule)
                 runs.setdefault(run.run_id, run)
         return list(runs.values())
 
@@ -191,6 +203,8 @@ def build_plan(loaded: LoadedSpec) -> SweepPlan:
             _plan_tune(plan)
         elif plan.kind == "transfer":
             plan.overlay = list(parse_params(plan.stage.params, loaded.source, plan.path("params")))
+            plan.source_tune = loaded.spec.stages[str(plan.stage.transfer)].tune
+            _check_select(plan)
         elif all(stages[need].kind == "grid" and stages[need].linked for need in plan.needs):
             plan.link({need: stages[need].runs.values() for need in plan.needs})
     return SweepPlan(loaded, order, stages)
@@ -234,6 +248,21 @@ def _holds_lists(task: TaskDef, key: str, value: list[Any]) -> bool:
     return True
 
 
+def _check_select(plan: StagePlan) -> None:
+    """A transfer's `select:` names `front` or one of its tune stage's metrics, and needs several."""
+    select, tune = plan.stage.select, plan.source_tune
+    if select is None:
+        return
+    if not tune.multi:
+        raise plan.loaded.source.error(plan.path("select"), f"stage '{plan.stage.transfer}' tunes one metric "
+                                       f"({tune.metrics[0]}): there is no front to select from",
+                                       hint="drop `select`")
+    if select != "front" and select not in tune.metrics:
+        raise plan.loaded.source.error(plan.path("select"), f"select '{select}' is neither `front` nor a metric "
+                                       f"of stage '{plan.stage.transfer}'",
+                                       hint=f"choose front or one of {', '.join(tune.metrics)}")
+
+
 def _plan_tune(plan: StagePlan) -> None:
     """Groups, search space and constraints; every corner of the space must be a valid run."""
     tune = plan.stage.tune
@@ -251,6 +280,8 @@ def _plan_tune(plan: StagePlan) -> None:
                                f"'stages.{plan.name}.tune.space.{key}=...'")
     plan.distributions = parse_space(tune.space, source, plan.path("tune", "space"))
     plan.constraints = parse_constraints(tune.constraints, source, plan.path("tune", "constraints"))
+    plan.sampler = parse_sampler(tune, plan.distributions, source, plan.path("tune", "sampler"))
+    plan.scheduler = parse_scheduler(tune, source, plan.path("tune", "scheduler"))
     groups: dict[str, Group] = {}
     for params in plan.space:
         for key in tune.space:

@@ -20,6 +20,7 @@ from orchestrator.registry import import_target, report_map
 from orchestrator.schema import OK
 from orchestrator.store import ResultStore
 from orchestrator.summary import SEED, stage_runs, step_figure, summary_figure, summary_frame
+from orchestrator.tune_report import tune_report
 
 MAX_ROWS = 40
 
@@ -88,6 +89,7 @@ def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path
             items.append(_table(f"{stage}: best config per group ({plan.stage.tune.metric}, "
                                 f"{plan.stage.tune.mode}; {'; '.join(plan.stage.tune.constraints) or 'no constraint'})",
                                 best[shown]))
+        items += tune_report(sweep, store, stage, out_dir)  # per-group Optuna plots, constraint slack
     target = report_hooks().get(plan.task.name)
     if not target:
         items += generic_report(df, list(plan.task.params.model_fields), stage, out_dir)

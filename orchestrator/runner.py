@@ -22,11 +22,22 @@ from orchestrator.execute import ListSource, OnResult, RunPayload, RunResult, St
 from orchestrator.plan import StagePlan, SweepPlan
 from orchestrator.provenance import code_state, package_versions
 from orchestrator.runs import Run
-from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, ColumnKinds, result_rows
+from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, PRUNED, ColumnKinds, is_final, result_rows
 from orchestrator.select import Trial
+from orchestrator.steps import StepChannel, StopRule
 from orchestrator.store import ResultStore, RowWriter, RunState, SweepLock
 from orchestrator.tracking import Tracking, TrackingOptions
-from orchestrator.tune import GroupSearch, TrialSource, best_rows, new_study, stored_trials
+from orchestrator.tune import (
+    GroupSearch,
+    Known,
+    Pruning,
+    TrialSource,
+    best_rows,
+    curves,
+    new_study,
+    stored_trials,
+    trial_values,
+)
 
 
 class Executor(Protocol):
@@ -34,13 +45,15 @@ class Executor(Protocol):
 
     def slots(self, resources: Any) -> int: ...
 
+    def step_channel(self, rule: StopRule | None) -> StepChannel: ...
+
     def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
             on_tick: Callable[[], None] | None = None) -> int: ...
 
 
 class ProgressSink(Protocol):
     def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None: ...
-    def advance(self, stage: str, ok: int, failed: int) -> None: ...
+    def advance(self, stage: str, ok: int, failed: int, pruned: int = 0) -> None: ...
     def stage_finished(self, stage: str) -> None: ...
     def note(self, text: str) -> None: ...
 
@@ -49,7 +62,7 @@ class NullProgress:
     def stage_started(self, stage: str, total: int, already_done: int, to_run: int) -> None:
         pass
 
-    def advance(self, stage: str, ok: int, failed: int) -> None:
+    def advance(self, stage: str, ok: int, failed: int, pruned: int = 0) -> None:
         pass
 
     def stage_finished(self, stage: str) -> None:
@@ -75,6 +88,7 @@ class StageOutcome:
     executed: int = 0
     ok: int = 0
     failed: int = 0
+    pruned: int = 0
     setup_loads: int = 0
     wall_s: float = 0.0
     failures: list[RunResult] = field(default_factory=list)
@@ -130,6 +144,10 @@ class StageRun:
         self.outcome = StageOutcome(stage.name)
         self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s,
                                 on_flush=self.track if tracking is not None else None)
+        self.step_writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s, steps=True,
+                                     on_flush=self.track if tracking is not None else None)
+        self.channel: StepChannel | None = None
+        self.reported = 0  # ctx.report calls of this command's runs
         self.runs: dict[str, Run] = {}
         self.upstream_states = {need: store.run_states(need) for need in stage.needs}
         self.upstream_runs = {need: {r.run_id: r for r in resolved.get(need) or []} for need in stage.needs}
@@ -139,7 +157,7 @@ class StageRun:
     def todo(self, runs: list[Run]) -> list[Run]:
         """Runs never stored, or (with `retry`) whose latest attempt failed."""
         return [r for r in runs if r.run_id not in self.states
-                or (self.options.retry and self.states[r.run_id].status != OK)]
+                or (self.options.retry and not is_final(self.states[r.run_id].status))]
 
     def attempt(self, run: Run) -> int:
         state = self.states.get(run.run_id)
@@ -149,8 +167,30 @@ class StageRun:
         self.runs[run.run_id] = run
         payload = RunPayload(run.run_id, run.target, run.params, run.seed, self.attempt(run),
                              self.store.artifact_root(), self.upstream_of(run), self.memory,
-                             self.stage.stage.timeout_s)
+                             self.stage.stage.timeout_s,
+                             steps=self.channel.worker_handle if self.channel is not None else None)
         return WorkItem(payload, self.stage.task.setup_key(run.params))
+
+    def open_steps(self, executor: Executor, rule: StopRule | None = None) -> None:
+        """The stage's step broker (ctx.report), before any work item is made."""
+        self.channel = executor.step_channel(rule)
+        broker = getattr(self.channel, "broker", None)
+        if broker is not None:  # inline: reports arrive in this process; store them as they come
+            broker.listener = self.tick
+
+    def drain_steps(self, wait: bool = False) -> None:
+        if self.channel is None:
+            return
+        rows = self.channel.drain(wait)
+        if rows:
+            if self.trials is not None:
+                self.trials.observe(rows)
+            self.step_writer.add(rows)
+
+    def tick(self) -> None:
+        self.drain_steps()
+        self.writer.tick()
+        self.step_writer.tick()
 
     def upstream_of(self, run: Run) -> dict[str, list[Upstream]]:
         links: dict[str, list[Upstream]] = {}
@@ -193,12 +233,22 @@ class StageRun:
             self.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
         self.writer.add(rows)
+        self.reported += result.steps_reported
         if self.trials is not None:
-            self.trials.finished(run.run_id, result)
+            if result.status == PRUNED and run.run_id not in self.trials.last_step:
+                self.drain_steps(wait=True)  # its last reported value, for the sampler
+            known = self.trials.finished(run.run_id, result)
+            group = self.trials.groups.pop(run.run_id, None)
+            if self.channel is not None and group is not None:
+                state = OK if result.status == OK else PRUNED if result.status == PRUNED else FAILED
+                self.channel.finished(group, run.run_id, state, known.values[0])
         self.outcome.executed += 1
         if result.status == OK:
             self.outcome.ok += 1
             self.progress.advance(self.stage.name, 1, 0)
+        elif result.status == PRUNED:
+            self.outcome.pruned += 1
+            self.progress.advance(self.stage.name, 0, 0, 1)
         else:
             self.outcome.failed += 1
             self.outcome.failures.append(result)
@@ -212,11 +262,16 @@ class StageRun:
     def execute(self, executor: Executor, source: WorkSource) -> None:
         start = time.perf_counter()
         try:
-            self.outcome.setup_loads = executor.run(self.stage.execution, source, self.on_result, self.writer.tick)
+            self.outcome.setup_loads = executor.run(self.stage.execution, source, self.on_result, self.tick)
+            if self.reported or self.outcome.failed:  # a run killed mid-way reported, but could not say so
+                self.drain_steps(wait=True)
         finally:
             self.writer.flush()
+            self.step_writer.flush()
             if self.tracking is not None:
                 self.tracking.log_pending()
+            if self.channel is not None:
+                self.channel.close()
         self.outcome.wall_s = time.perf_counter() - start
 
     def runnable(self, runs: list[Run]) -> list[WorkItem]:
@@ -307,9 +362,14 @@ def _run_runs(runner: StageRun, runs: list[Run] | None, ensure_executor: Callabl
     todo = runner.todo(runs)
     runner.progress.stage_started(stage.name, len(runs), len(runs) - len(todo), len(todo))
     if todo:
+        executor = None
+        if any(runner.missing_upstream(run) is None for run in todo):
+            executor = ensure_executor()
+            runner.open_steps(executor)
         items = runner.runnable(todo)
         if items:
-            runner.execute(ensure_executor(), ListSource(items))
+            assert executor is not None
+            runner.execute(executor, ListSource(items))
     runner.progress.stage_finished(stage.name)
 
 
@@ -320,20 +380,34 @@ def _run_tune(runner: StageRun, ensure_executor: Callable[[], Executor]) -> list
     assert tune is not None
     fields = list(stage.task.params.model_fields)
     before = stored_trials(store, stage.name, fields)
+    pruned_before = stored_trials(store, stage.name, fields, status=PRUNED)
+    stored_curves = curves(store, stage.name, tune.metrics[0]) if pruned_before or stage.scheduler else {}
     searches, done = [], 0
+    previous_curves: dict[str, list[tuple[str, dict[int, float], float | None]]] = {}
     for group in stage.groups:
         previous = [t for t in before if group.contains(t.params)]
-        done += min(len(previous), tune.num_samples)
-        missing = tune.num_samples - len(previous)
+        pruned = [(t, stored_curves.get(t.run_id, {})) for t in pruned_before if group.contains(t.params)]
+        previous_curves[group.label] = (
+            [(OK, stored_curves.get(t.run_id, {}), trial_values(t, tune.metrics)[0]) for t in previous]
+            + [(PRUNED, curve, None) for _, curve in pruned])
+        done += min(len(previous) + len(pruned), tune.num_samples)
+        missing = tune.num_samples - len(previous) - len(pruned)  # a pruned trial was a sample
         if missing > 0:
-            searches.append(GroupSearch(group, new_study(tune, group, stage.distributions, previous), missing))
+            study = new_study(tune, group, stage.distributions, previous, stage.sampler, pruned)
+            searches.append(GroupSearch(group, study, missing))
     total = stage.expected or 0
     runner.progress.stage_started(stage.name, total, done, total - done)
     if searches:
         executor = ensure_executor()
-        known = {t.run_id: t.metrics.get(tune.metric, math.nan) for t in before}
+        rule = None
+        if stage.scheduler is not None:
+            rule = Pruning(*stage.scheduler, tune.metrics[0], tune.modes[0], previous_curves)
+        runner.open_steps(executor, rule)
+        nan = tuple(math.nan for _ in tune.metrics)
+        known = {t.run_id: Known(trial_values(t, tune.metrics)) for t in before}
         if not runner.options.retry:  # a stored failure is a failed trial, not re-run (retry re-runs it)
-            known.update({run_id: math.nan for run_id, s in runner.states.items() if s.status != OK})
+            known.update({run_id: Known(nan) for run_id, s in runner.states.items() if s.status != OK})
+        known.update({t.run_id: Known(nan, True) for t in pruned_before})  # never re-run, even by retry
         runner.trials = TrialSource(tune, stage.distributions, searches, stage.make_run, runner.item,
                                     tune.max_concurrent or executor.slots(stage.resources), known)
         runner.execute(executor, runner.trials)

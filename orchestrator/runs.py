@@ -53,6 +53,7 @@ class Run:
     run_id: str
     upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)  # needed stage -> run ids it reads
     selected_from: str | None = None
+    selected_by: str | None = None  # a transfer run: the rule that chose its config (not part of the id)
 
     @property
     def upstream_ids(self) -> list[str]:

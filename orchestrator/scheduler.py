@@ -32,11 +32,13 @@ from orchestrator.execute import (
     WorkItem,
     WorkSource,
     execute_chunk,
+    retry_as_error,
     retry_as_system_failure,
     worker_cache,
 )
-from orchestrator.schema import FAILED, OK, TIMEOUT
+from orchestrator.schema import FAILED, TIMEOUT
 from orchestrator.spec import Resources
+from orchestrator.steps import StepBroker, StepChannel, StopRule
 
 SYSTEM_ERRORS = {
     "OutOfMemoryError": "out_of_memory",
@@ -68,6 +70,53 @@ class RunWorker:
 
     def setup_loads(self) -> int:
         return self.cache.loads
+
+
+_BrokerActor: Any = ray.remote(num_cpus=0, max_restarts=0)(StepBroker)
+
+
+class _BrokerHandle:
+    """What a worker holds of the stage's broker actor: each report is one synchronous call (~1 ms)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def report(self, run_id: str, attempt: int, group: str | None, step: int, metrics: dict[str, Any]) -> bool:
+        return bool(ray.get(self.actor.report.remote(run_id, attempt, group, step, metrics)))
+
+
+class RayChannel:
+    """The driver's side of a stage's broker actor: drained without blocking on every scheduling tick.
+
+    The actor is created without waiting for it, so a stage whose runs never report pays no start-up
+    wait (`close` kills it; `drain(wait=True)` at the end waits only when some run reported).
+    """
+
+    def __init__(self, rule: StopRule | None) -> None:
+        self.actor: Any = _BrokerActor.remote(rule)
+        self.worker_handle = _BrokerHandle(self.actor)
+        self.pending: Any = None
+
+    def drain(self, wait: bool = False) -> list[dict[str, Any]]:
+        if wait:
+            rows: list[dict[str, Any]] = ray.get(self.pending) if self.pending is not None else []
+            self.pending = None
+            return rows + list(ray.get(self.actor.drain.remote()))
+        if self.pending is None:
+            self.pending = self.actor.drain.remote()
+            return []
+        ready, _ = ray.wait([self.pending], timeout=0)
+        if not ready:
+            return []
+        rows = list(ray.get(self.pending))
+        self.pending = self.actor.drain.remote()
+        return rows
+
+    def finished(self, group: str, run_id: str, state: str, value: float | None) -> None:
+        self.actor.finished.remote(group, run_id, state, value)
+
+    def close(self) -> None:
+        ray.kill(self.actor, no_restart=True)
 
 
 @dataclass
@@ -105,6 +154,9 @@ class RayExecutor:
 
     def slots(self, resources: Resources) -> int:
         return max(1, cluster.capacity(resources))
+
+    def step_channel(self, rule: StopRule | None) -> StepChannel:
+        return RayChannel(rule)
 
     def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
             on_tick: Callable[[], None] | None = None) -> int:
@@ -292,7 +344,7 @@ class StageScheduler:
                 item.payload.attempt += 1
                 self._schedule_retry(item, item.system_failures)
                 continue
-            if result.status != OK and result.error_type != TIMEOUT and item.errors < self.retries.errors:
+            if retry_as_error(item, result, self.retries):
                 item.errors += 1
                 item.payload.attempt += 1
                 self._schedule_retry(item, item.errors)

@@ -26,13 +26,19 @@ BAD_OUTPUT = "bad_output"  # the task returned rows that cannot be stored
 MEMORY_LIMIT = "memory_limit"  # the run exceeded its `memory` reservation
 MISSING_UPSTREAM = "missing_upstream"  # an upstream run it reads is not stored as ok
 TIMEOUT = "timeout"  # the run exceeded its stage's `timeout_s`
+PRUNED = "pruned"  # a tune stage's scheduler stopped the run on its reports: final, not a failure
 # The scheduler adds Ray's system failures: worker_died, node_died, out_of_memory, object_lost,
 # unschedulable, ray_error, worker_error.
 
 
 def is_failure(status: str | None) -> bool:
-    """A stored status that records a failed run (every status but `ok`)."""
-    return status is not None and status != OK
+    """A stored status that records a failed run (every status but `ok` and `pruned`)."""
+    return status is not None and status not in (OK, PRUNED)
+
+
+def is_final(status: str | None) -> bool:
+    """A stored status `retry` leaves alone: the run finished (`ok`) or was stopped on purpose (`pruned`)."""
+    return status in (OK, PRUNED)
 
 # Columns the orchestrator writes, typed even when a batch holds only nulls (so parts concatenate).
 COLUMN_TYPES: dict[str, pa.DataType] = {
@@ -43,6 +49,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "task_version": pa.int64(),
     "upstream_run_ids": pa.list_(pa.string()),
     "selected_from": pa.string(),
+    "selected_by": pa.string(),
     "seed": pa.int64(),
     "status": pa.string(),
     "error_type": pa.string(),
@@ -182,6 +189,7 @@ def result_rows(run: Run, result: RunResult, code: CodeState, versions: str) -> 
     tail = {
         "upstream_run_ids": list(run.upstream_ids),
         "selected_from": run.selected_from,
+        "selected_by": run.selected_by,
         "seed": run.seed,
         "status": OK if result.status == OK else result.error_type or FAILED,
         "error_type": result.error_type,

@@ -216,17 +216,52 @@ class Retries(_Strict):
     backoff_s: float = Field(default=1.0, ge=0)
 
 
-class TuneSpec(_Strict):
-    """Search on this stage's split: one Ray Tune + Optuna experiment per `group_by` group."""
+Mode = Literal["min", "max"]
 
-    metric: str
-    mode: Literal["min", "max"]
+
+class TuneSpec(_Strict):
+    """Search on this stage's split: one Optuna study per `group_by` group (tune.py).
+
+    `metric`/`mode`: one metric, or a list with one mode each (multi-objective: a Pareto front).
+    `sampler`: an Optuna sampler by name, or `{type: name, option: value, ...}` (tune.SAMPLERS).
+    `scheduler`: early stopping on `ctx.report`, `{type: asha | median | hyperband, ...}` (tune.SCHEDULERS).
+    """
+
+    metric: str | list[str]
+    mode: Mode | list[Mode]
     space: dict[str, Any] = Field(min_length=1)
     num_samples: int = Field(10, ge=1)
     group_by: list[str] = Field(default_factory=list)
     constraints: list[str] = Field(default_factory=list)
     max_concurrent: int | None = Field(None, ge=1)
     seed: int = 0
+    sampler: str | dict[str, Any] = "tpe"
+    scheduler: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _metrics_and_modes(self) -> TuneSpec:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        if not metrics:
+            raise ValueError("tune.metric: give a metric or a non-empty list of metrics")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"tune.metric names a metric twice: {metrics}")
+        if isinstance(self.metric, list) != isinstance(self.mode, list) or len(metrics) != len(modes):
+            raise ValueError(f"tune.mode needs one mode per metric: metric={self.metric!r}, mode={self.mode!r}")
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.mode) if isinstance(self.mode, list) else [self.mode]
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: the group's Pareto front is selected, not one best trial."""
+        return isinstance(self.metric, list) and len(self.metric) > 1
 
 
 class Stage(_Strict):
@@ -237,6 +272,7 @@ class Stage(_Strict):
     needs: list[str] = Field(default_factory=list)
     tune: TuneSpec | None = None
     transfer: str | None = None
+    select: str | None = None  # transfer from a multi-objective tune: `front`, or a metric to optimise on it
     max_workers: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)  # per run; a run past it is stopped, stored as `timeout`
 
@@ -246,6 +282,8 @@ class Stage(_Strict):
             raise ValueError("a stage needs either `task` or `transfer`")
         if self.transfer is not None and self.tune is not None:
             raise ValueError("a `transfer` stage cannot also `tune`")
+        if self.select is not None and self.transfer is None:
+            raise ValueError("`select` chooses among a tune stage's Pareto front: it goes with `transfer`")
         return self
 
 

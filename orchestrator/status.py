@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from orchestrator.plan import SweepPlan
 from orchestrator.runner import known_runs
 from orchestrator.runs import Run
-from orchestrator.schema import OK, is_failure
+from orchestrator.schema import OK, PRUNED, is_failure
 from orchestrator.store import ResultStore
 
 
@@ -19,13 +19,14 @@ class StageSummary:
     total: int | None  # runs of the plan (None: known only once upstream runs exist)
     ok: int = 0
     failed: int = 0
+    pruned: int = 0  # tune trials stopped early by the stage's scheduler (final, like ok)
     stored_not_in_spec: int = 0
     duplicates: int = 0  # points that validated to the params of an earlier point (merged)
     note: str = ""
 
     @property
     def to_run(self) -> int | None:
-        return None if self.total is None else self.total - self.ok - self.failed
+        return None if self.total is None else self.total - self.ok - self.failed - self.pruned
 
 
 def summarize(plan: SweepPlan, store: ResultStore) -> list[StageSummary]:
@@ -49,12 +50,18 @@ def summarize(plan: SweepPlan, store: ResultStore) -> list[StageSummary]:
         else:
             summary.total = None if runs is None else len(runs)
         mine = {r.run_id for r in runs or []}
+        if stage.kind == "tune":  # pruned trials belong to the stage, though nothing reads them downstream
+            mine |= {run_id for run_id, state in states.items() if state.status == PRUNED}
         for run_id in mine & states.keys():
             summary.ok += states[run_id].status == OK
             summary.failed += is_failure(states[run_id].status)
+            summary.pruned += states[run_id].status == PRUNED
         if stage.kind == "tune":  # a group's trials beyond num_samples are not "to run"
             summary.ok = min(summary.ok, summary.total or 0)
-            summary.failed = min(summary.failed, (summary.total or 0) - summary.ok)
+            summary.pruned = min(summary.pruned, (summary.total or 0) - summary.ok)
+            summary.failed = min(summary.failed, (summary.total or 0) - summary.ok - summary.pruned)
+            if summary.pruned:
+                summary.note += f"; {summary.pruned} pruned"
         summary.stored_not_in_spec = len(states.keys() - mine)
         if summary.duplicates:
             merged = f"{summary.duplicates} duplicate point(s) merged"

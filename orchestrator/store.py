@@ -2,6 +2,9 @@
 
     <root>/<sweep>/<stage>/part-*.parquet    rows, one atomic part per flush
     <root>/<sweep>/<stage>/best.parquet      a tune stage's selected config per group
+    <root>/<sweep>/<stage>/steps/part-*.parquet   `ctx.report` rows (run_id, attempt, step, reported_at,
+                                             metrics): apart from the result rows, so "which runs are
+                                             done", `status` and `best.parquet` never see a step
     <root>/<sweep>/artifacts/<run_id>/       files a run kept (arrays, weights)
     <root>/<sweep>/report/                   figures written by `report`
     <root>/<sweep>/tracking/                 TensorBoard and W&B files of `run --track`, `export --to`
@@ -26,6 +29,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ BEST_FILE = "best.parquet"
 # TensorBoard and W&B files of experiment tracking.
 ARTIFACTS, REPORT, SPECS, LOGS, TRACKING = RESERVED_STAGE_NAMES
 LATEST_SPEC = "latest.json"
+STEPS = "steps"  # a stage's folder of step rows
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str, bool]:
@@ -114,6 +119,9 @@ class ResultStore:
     def artifact_dir(self, run_id: str) -> str:
         return f"{self.base}/{ARTIFACTS}/{run_id}"
 
+    def steps_dir(self, stage: str) -> str:
+        return f"{self.stage_dir(stage)}/{STEPS}"
+
     def best_path(self, stage: str) -> str:
         return f"{self.stage_dir(stage)}/{BEST_FILE}"
 
@@ -139,13 +147,23 @@ class ResultStore:
             return None
         return self.write_table(stage, _to_table(rows))
 
-    def write_table(self, stage: str, table: pa.Table, name: str | None = None) -> str:
+    def write_steps(self, stage: str, rows: list[dict[str, Any]]) -> str | None:
+        """Write one part of step rows (from `ctx.report`) atomically; returns its path."""
+        if not rows:
+            return None
+        rows = [{**r, "reported_at": datetime.fromtimestamp(r["reported_at"], tz=timezone.utc)} for r in rows]
+        table = _to_table(rows)
+        for name, kind in (("attempt", pa.int64()), ("step", pa.int64())):
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(kind))
+        return self.write_table(stage, table, directory=self.steps_dir(stage))
+
+    def write_table(self, stage: str, table: pa.Table, name: str | None = None, directory: str | None = None) -> str:
         """Write `table` under a temporary name, then rename it into place: readers never see half a file.
 
         A full or read-only results root is a StoreError naming the path and the OS error; the temporary
         file is removed, and nothing stored before is touched.
         """
-        directory = self.stage_dir(stage)
+        directory = directory or self.stage_dir(stage)
         final = f"{directory}/{name or f'{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet'}"
         temporary = f"{directory}/.tmp-{uuid.uuid4().hex}.parquet"
         try:
@@ -163,8 +181,8 @@ class ResultStore:
     def remove_stale_temporaries(self) -> int:
         """Delete half-written parts a killed driver left (call only while holding the sweep's lock)."""
         removed = 0
-        for stage in self.stages():
-            selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
+        for directory in [d for stage in self.stages() for d in (self.stage_dir(stage), self.steps_dir(stage))]:
+            selector = pafs.FileSelector(directory, allow_not_found=True)
             for info in self.fs.get_file_info(selector):
                 if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-"):
                     try:
@@ -175,8 +193,8 @@ class ResultStore:
         return removed
 
     # -- reading
-    def part_files(self, stage: str) -> list[str]:
-        selector = pafs.FileSelector(self.stage_dir(stage), allow_not_found=True)
+    def part_files(self, stage: str, directory: str | None = None) -> list[str]:
+        selector = pafs.FileSelector(directory or self.stage_dir(stage), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
         names = [i.path for i in infos if i.type == pafs.FileType.File and PART_NAME.match(i.base_name)]
         return sorted(names)
@@ -198,16 +216,17 @@ class ResultStore:
         warnings.warn(f"{path}: unreadable results file moved to {target} ({reason}); its runs will be recomputed",
                       stacklevel=3)
 
-    def _read_parts(self, stage: str, columns: list[str] | None) -> list[pa.Table]:
+    def _read_parts(self, stage: str, columns: list[str] | None, directory: str | None = None) -> list[pa.Table]:
         tables = []
-        for path in self.part_files(stage):
+        for path in self.part_files(stage, directory):
             try:
                 with self.fs.open_input_file(path) as handle:
                     parquet = pq.ParquetFile(handle)
                     names = parquet.schema_arrow.names
-                    if "run_id" not in names or "status" not in names:
-                        warnings.warn(f"{path}: not a results file of this tool (no run_id/status); ignored",
-                                      stacklevel=3)
+                    required = ("run_id", "status") if directory is None else ("run_id", "step")
+                    if not all(name in names for name in required):
+                        warnings.warn(f"{path}: not a results file of this tool (no {'/'.join(required)}); "
+                                      "ignored", stacklevel=3)
                         continue
                     wanted = [c for c in columns if c in names] if columns else None
                     tables.append(parquet.read(columns=wanted))
@@ -232,6 +251,21 @@ class ResultStore:
         if latest and table.num_rows:
             table = latest_attempts(table)
         return table
+
+    def step_rows(self, stage: str, latest: bool = True) -> pa.Table:
+        """Every `ctx.report` row of a stage: `run_id`, `attempt`, `step`, `reported_at` (UTC) and the
+        reported metrics, in the order they were stored (join to `read_stage` on `run_id` for params).
+
+        With `latest`, only each run's latest attempt that reported (a retried run's earlier curve is
+        history). A run stopped by a scheduler, or killed, keeps the steps it reported.
+        """
+        tables = self._read_parts(stage, None, self.steps_dir(stage))
+        if not tables:
+            return pa.table({name: pa.array([], kind) for name, kind in (
+                ("run_id", pa.string()), ("attempt", pa.int64()), ("step", pa.int64()),
+                ("reported_at", pa.timestamp("us", tz="UTC")))})
+        table = _concat(tables)
+        return latest_attempts(table) if latest and table.num_rows else table
 
     def column_kinds(self, stage: str) -> dict[str, str | None]:
         """The kind (int, float, string, ...) of every column stored for a stage, from the parts' schemas."""
@@ -382,10 +416,11 @@ class RowWriter:
     """
 
     def __init__(self, store: ResultStore, stage: str, flush_rows: int = 5000, flush_s: float = 2.0,
-                 on_flush: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
-        """`on_flush` gets each batch of rows once it is stored (experiment tracking mirrors them)."""
+                 on_flush: Callable[[list[dict[str, Any]]], None] | None = None, steps: bool = False) -> None:
+        """`on_flush` gets each batch of rows once it is stored (experiment tracking mirrors them); `steps`:
+        write the stage's step rows (`ctx.report`) instead of its result rows."""
         self.store, self.stage, self.flush_rows, self.flush_s = store, stage, flush_rows, flush_s
-        self.on_flush = on_flush
+        self.on_flush, self.steps = on_flush, steps
         self.rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
 
@@ -400,7 +435,8 @@ class RowWriter:
 
     def flush(self) -> None:
         if self.rows:
-            self.store.write_rows(self.stage, self.rows)
+            write = self.store.write_steps if self.steps else self.store.write_rows
+            write(self.stage, self.rows)
             rows, self.rows = self.rows, []
             if self.on_flush is not None:
                 self.on_flush(rows)
@@ -410,6 +446,11 @@ class RowWriter:
 def load_results(root: str, sweep: str, stage: str, latest: bool = True) -> Any:
     """A stage's rows as a pandas DataFrame (the public reading API)."""
     return ResultStore(root, sweep).read_stage(stage, latest=latest).to_pandas()
+
+
+def load_steps(root: str, sweep: str, stage: str, latest: bool = True) -> Any:
+    """A stage's step rows (`ctx.report`) as a pandas DataFrame; see `ResultStore.step_rows`."""
+    return ResultStore(root, sweep).step_rows(stage, latest=latest).to_pandas()
 
 
 class SweepLock:

@@ -10,4 +10,6 @@ TASKS = {
     "demo.vector_sum": "tasks.demo.task:vector_sum",
     "demo.lookup": "tasks.demo.task:lookup",
     "demo.spin": "tasks.demo.task:spin",
+    "demo.curve": "tasks.demo.task:curve",
+    "demo.tradeoff": "tasks.demo.task:tradeoff",
 }

@@ -59,3 +59,16 @@ class LookupParams(TaskParams):
 class SpinParams(TaskParams):
     i: int = 0
     iterations: int = Field(2_000_000, ge=1)
+
+
+class CurveParams(TaskParams):
+    x: float = 0.5
+    y: float = 0.5
+    steps: int = Field(27, ge=1)
+    step_seconds: float = Field(0.0, ge=0)
+    die_at_step: int = Field(0, ge=0)  # the worker process exits at this step (killed-run tests; 0: never)
+
+
+class TradeoffParams(TaskParams):
+    x: float = 0.0
+    y: float = 0.0

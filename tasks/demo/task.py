@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -14,12 +15,14 @@ from orchestrator.context import RunContext
 from orchestrator.registry import task
 from tasks.demo.params import (
     AllocateParams,
+    CurveParams,
     FlakyParams,
     LookupParams,
     NoopParams,
     QuadraticParams,
     SleepParams,
     SpinParams,
+    TradeoffParams,
     VectorParams,
     VectorSumParams,
 )
@@ -30,6 +33,7 @@ def quadratic(params: QuadraticParams, ctx: RunContext) -> dict[str, Any]:
     """loss = (x - 1)^2 + (y + 2)^2 plus seeded Gaussian noise: a surface with a known minimum."""
     rng = random.Random(ctx.seed)
     loss = (params.x - 1.0) ** 2 + (params.y + 2.0) ** 2 + params.noise * rng.gauss(0.0, 1.0)
+    ctx.report(step=0, loss=loss)
     return {"loss": loss}
 
 
@@ -131,3 +135,26 @@ def spin(params: SpinParams, ctx: RunContext) -> dict[str, Any]:
     for k in range(params.iterations):
         total = (total + k * k) % 1_000_003
     return {"checksum": total}
+
+
+@task("demo.curve", params=CurveParams, smoke={"x": 0.7, "y": 0.3, "steps": 4})
+def curve(params: CurveParams, ctx: RunContext) -> dict[str, Any]:
+    """A learning curve with a known best config: score(t) = peak * (1 - 0.5^((t+1)/4)), peak =
+    exp(-((x-0.7)^2 + (y-0.3)^2) / 0.02), reported at every step (early-stopping tests): in the unit
+    square most configs are hopeless and show it from the first steps."""
+    peak = math.exp(-((params.x - 0.7) ** 2 + (params.y - 0.3) ** 2) / 0.02)
+    score = 0.0
+    for step in range(1, params.steps + 1):
+        time.sleep(params.step_seconds)
+        if step == params.die_at_step:
+            os._exit(1)
+        score = peak * (1.0 - 0.5 ** ((step + 1) / 4))
+        ctx.report(step=step, score=score)
+    return {"score": score, "peak": peak}
+
+
+@task("demo.tradeoff", params=TradeoffParams, smoke={"x": 0.5, "y": 1.0})
+def tradeoff(params: TradeoffParams, ctx: RunContext) -> dict[str, Any]:
+    """Two objectives with a planted Pareto front (multi-objective tests): gain = x (max), cost = x^2 + y
+    (min); with y >= 0 the front is every y = 0 point."""
+    return {"gain": params.x, "cost": params.x * params.x + params.y}

@@ -155,7 +155,10 @@ def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, data
     def per_epoch(m, epoch):
         if n_senses is not None:
             snapshots.append(m.sense_offsets.offsets.detach().cpu().clone())
-        return evaluation.evaluate(m, tokenizer, sets, device) if params.league or params.leagues else None
+        result = evaluation.evaluate(m, tokenizer, sets, device)  # eval mode, no random draws: numbers unchanged
+        ctx.report(step=epoch, success=float(result.success.mean()) if result.success.size else None,
+                   targeted_loss=result.targeted_loss, general_loss=result.general_loss)
+        return result if params.league or params.leagues else None
 
     history = ft.train(
         model, tokenizer, dataset.train[: params.max_train], config, device,
