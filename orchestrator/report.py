@@ -19,7 +19,7 @@ from orchestrator.plan import SweepPlan
 from orchestrator.registry import import_target, report_map
 from orchestrator.schema import OK
 from orchestrator.store import ResultStore
-from orchestrator.summary import SEED, stage_runs, step_figure, summary_figure, summary_frame
+from orchestrator.summary import SEED, stage_runs, step_figure, summary_figure, summary_frame, with_reported_steps
 from orchestrator.tune_report import tune_report
 
 MAX_ROWS = 40
@@ -49,15 +49,19 @@ def _chosen(params_json: object, keys: list[str]) -> str:
     return ", ".join(f"{k}={params[k]:.4g}" if isinstance(params[k], float) else f"{k}={params[k]}" for k in keys)
 
 
-def generic_report(df: pd.DataFrame, params: list[str], stage: str, out_dir: Path) -> list[Any]:
+def generic_report(df: pd.DataFrame, params: list[str], stage: str, out_dir: Path,
+                   reported: pd.DataFrame | None = None) -> list[Any]:
     """Any task's summary: per configuration, each metric's mean ± std over seeds; a figure of each metric
-    against each swept parameter, and step curves when runs report steps."""
+    against each swept parameter, and step curves when runs report steps (`reported`: the stage's
+    `ctx.report` rows, else a `step` column of the result rows)."""
     runs = stage_runs(df, params)
     if runs is None:
         return []
     notes = []
     if runs.steps is not None:
         notes.append("final step of each run")
+    if reported is not None and not reported.empty:
+        runs = with_reported_steps(runs, reported)
     if runs.indexes:
         notes.append(f"mean over {', '.join(runs.indexes)} within a run")
     if SEED in runs.swept:
@@ -89,17 +93,23 @@ def stage_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path
             items.append(_table(f"{stage}: best config per group ({plan.stage.tune.metric}, "
                                 f"{plan.stage.tune.mode}; {'; '.join(plan.stage.tune.constraints) or 'no constraint'})",
                                 best[shown]))
-        items += tune_report(sweep, store, stage, out_dir)  # per-group Optuna plots, constraint slack
+        items += [_shown(stage, f"{stage}: best config per group, constraint slack", item)
+                  for item in tune_report(sweep, store, stage, out_dir)]  # per-group Optuna plots
     target = report_hooks().get(plan.task.name)
     if not target:
-        items += generic_report(df, list(plan.task.params.model_fields), stage, out_dir)
+        items += generic_report(df, list(plan.task.params.model_fields), stage, out_dir,
+                                store.step_rows(stage).to_pandas())
     if target:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for item in import_target(target)(df[df["status"] == OK], out_dir / stage):
-            if isinstance(item, pd.DataFrame):
-                items.append(_table(f"{stage}: {plan.task.name}", item))
-            elif isinstance(item, Path):
-                items.append(f"{stage}: figure written to {item}")
-            else:
-                items.append(item)
+        items += [_shown(stage, f"{stage}: {plan.task.name}", item)
+                  for item in import_target(target)(df[df["status"] == OK], out_dir / stage)]
     return items
+
+
+def _shown(stage: str, title: str, item: Any) -> Any:
+    """A report item as printed: a DataFrame as a table, a figure's path as a line, text as it is."""
+    if isinstance(item, pd.DataFrame):
+        return _table(title, item)
+    if isinstance(item, Path):
+        return f"{stage}: figure written to {item}"
+    return item

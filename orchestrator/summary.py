@@ -37,6 +37,7 @@ class StageRuns:
     indexes: list[str] = field(default_factory=list)  # integer columns that vary within a run (not averaged)
     steps: pd.DataFrame | None = None  # per-step rows (run_id, step, swept, metrics) when runs report steps
     more_metrics: int = 0  # metrics left out past MAX_METRICS
+    step_metrics: list[str] = field(default_factory=list)  # the metrics of `steps` (default: `metrics`)
 
     @property
     def configs(self) -> list[str]:
@@ -81,6 +82,23 @@ def _is_index(rows: pd.DataFrame, column: str) -> bool:
     if not bool((per_run.nunique() > 1).any()):
         return False
     return bool(INDEX_NAME.search(column)) or bool((per_run.nunique() == per_run.size()).all())
+
+
+STEP_COLUMNS = ("run_id", "attempt", "step", "reported_at")
+
+
+def with_reported_steps(stage: StageRuns, reported: pd.DataFrame) -> StageRuns:
+    """`stage` with the rows its runs reported through `ctx.report` (the store's step table) as its steps."""
+    metrics = [c for c in reported.columns if c not in STEP_COLUMNS and pd.api.types.is_numeric_dtype(reported[c])
+               and not pd.api.types.is_bool_dtype(reported[c]) and reported[c].notna().any()][:MAX_METRICS]
+    if reported.empty or not metrics or int(reported.groupby("run_id")[STEP].nunique().max()) < 2:
+        return stage  # no run reported a curve
+    params = stage.runs[["run_id", *stage.swept]]
+    steps = reported.merge(params, on="run_id", how="inner")
+    stage.steps = steps.groupby(["run_id", STEP], as_index=False).agg(
+        {**{p: "first" for p in stage.swept}, **{m: "mean" for m in metrics}})
+    stage.step_metrics = metrics
+    return stage
 
 
 def summary_frame(stage: StageRuns) -> pd.DataFrame:
@@ -151,11 +169,11 @@ def step_figure(stage: StageRuns, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = stage.configs
-    fig, axes = plt.subplots(1, len(stage.metrics), squeeze=False, figsize=(4.2 * len(stage.metrics), 3.2))
-    curves = stage.steps.groupby([*keys, STEP], dropna=False)[stage.metrics].mean().reset_index()
+    keys, metrics = stage.configs, stage.step_metrics or stage.metrics
+    fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.2 * len(metrics), 3.2))
+    curves = stage.steps.groupby([*keys, STEP], dropna=False)[metrics].mean().reset_index()
     groups = list(curves.groupby(keys, dropna=False)) if keys else [((), curves)]
-    for ax, metric in zip(axes[0], stage.metrics, strict=False):
+    for ax, metric in zip(axes[0], metrics, strict=False):
         for label, curve in groups[:MAX_LINES]:
             values = label if isinstance(label, tuple) else (label,)
             ax.plot(curve[STEP], curve[metric], label=", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)))

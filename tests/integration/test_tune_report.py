@@ -10,7 +10,7 @@ import pytest
 from orchestrator.api import open_sweep, run_spec
 from orchestrator.report import stage_report
 from orchestrator.store import load_results
-from orchestrator.tune_report import group_studies
+from orchestrator.tune_report import group_studies, tune_report
 
 SPEC = """\
     name: reported
@@ -56,13 +56,15 @@ def test_report_draws_each_group_and_prints_slack(write_spec, tmp_path: Path) ->
     assert set(studies) == {"y=0.3", "y=0.5"}
     assert sum(len(s.trials) for s in studies.values()) == len(rows) == 16
     assert any(t.intermediate_values for s in studies.values() for t in s.trials)
-    items = stage_report(plan, store, "val", tmp_path / "out")
+    items = tune_report(plan, store, "val", tmp_path / "out")
     figures = [i for i in items if isinstance(i, Path)]
     names = sorted(p.name for p in figures)
     for group in ("y=0.3", "y=0.5"):
         for kind in ("history", "importances", "parallel"):
             assert f"tune-{group}-{kind}.png" in names
     assert all(is_png(p) for p in figures)
+    shown = [str(item) for item in stage_report(plan, store, "val", tmp_path / "out")]  # as `report` prints
+    assert sum("figure written to" in line and "tune-" in line for line in shown) == len(figures)
     (slack,) = [i for i in items if isinstance(i, pd.DataFrame) and "slack(peak <= 0.9)" in i.columns]
     best = {r["group"]: r for r in store.best_rows("val")}
     for row in slack.to_dict("records"):
@@ -77,6 +79,6 @@ def test_report_draws_the_pareto_front(write_spec, tmp_path: Path) -> None:
     results = tmp_path / "r"
     run_spec(spec, str(results), executor="inline")
     plan, store = open_sweep(spec, results)
-    figures = [i for i in stage_report(plan, store, "val", tmp_path / "out") if isinstance(i, Path)]
+    figures = [i for i in tune_report(plan, store, "val", tmp_path / "out") if isinstance(i, Path)]
     assert {p.name for p in figures} >= {"tune-all-pareto.png", "tune-all-history.png"}
     assert all(is_png(p) for p in figures)

@@ -100,3 +100,20 @@ def test_a_repeating_integer_metric_is_averaged_not_taken_for_an_index() -> None
     stage = stage_runs(pd.DataFrame(rows), ["seed"])
     assert stage is not None and stage.indexes == ["item"] and stage.metrics == ["correct"]
     assert summary_frame(stage).loc[0, "correct"] == f"{0.625:.4g} ± {0.1767767:.2g}"
+
+
+def test_the_report_draws_the_curves_runs_reported(write_spec, tmp_path: Path) -> None:
+    # ctx.report rows (the store's step table) become step curves; the summary is of the result rows.
+    spec = write_spec("""\
+        name: curves
+        stages:
+          s:
+            task: demo.curve
+            params: {x: {grid: [0.2, 0.7]}, y: 0.3, steps: 5}
+    """)
+    run_spec(spec, tmp_path / "r", executor="inline")
+    sweep, store = open_sweep(spec, tmp_path / "r")
+    assert store.step_rows("s").num_rows == 10
+    items = [str(item) for item in stage_report(sweep, store, "s", tmp_path / "report")]
+    assert any("steps.png" in item for item in items) and any("summary.png" in item for item in items)
+    assert (tmp_path / "report" / "s" / "steps.png").stat().st_size > 5000
