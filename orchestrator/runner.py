@@ -145,7 +145,8 @@ class StageRun:
         self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s,
                                 on_flush=self.track if tracking is not None else None)
         self.step_writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s, steps=True,
-                                     on_flush=self.track if tracking is not None else None)
+                                     on_flush=self.track_steps if tracking is not None else None)
+        self.writer.before_flush = self.step_writer.flush  # a run's reports are stored before its result rows
         self.channel: StepChannel | None = None
         self.reported = 0  # ctx.report calls of this command's runs
         self.runs: dict[str, Run] = {}
@@ -232,6 +233,8 @@ class StageRun:
         if result.artifact_dir:  # before the rows: a stored row's artifacts are always in place
             self.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
+        if self.tracking is not None and result.steps_reported:
+            self.drain_steps(wait=True)  # its curve reaches the trackers before (with) its result
         self.writer.add(rows)
         self.reported += result.steps_reported
         if self.trials is not None:
@@ -259,6 +262,10 @@ class StageRun:
         assert self.tracking is not None
         self.tracking.log_rows(rows, self.stage.task.params.model_fields, self.store.local_artifact_dir)
 
+    def track_steps(self, rows: list[dict[str, Any]]) -> None:
+        """Mirror step rows just stored (`ctx.report`): they join their run's tracked run."""
+        self.track([{**row, "sweep": self.store.sweep, "stage": self.stage.name} for row in rows])
+
     def execute(self, executor: Executor, source: WorkSource) -> None:
         start = time.perf_counter()
         try:
@@ -266,7 +273,7 @@ class StageRun:
             if self.reported or self.outcome.failed:  # a run killed mid-way reported, but could not say so
                 self.drain_steps(wait=True)
         finally:
-            self.writer.flush()
+            self.writer.flush()  # the step rows first (before_flush), then the result rows
             self.step_writer.flush()
             if self.tracking is not None:
                 self.tracking.log_pending()

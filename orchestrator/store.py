@@ -421,6 +421,7 @@ class RowWriter:
         write the stage's step rows (`ctx.report`) instead of its result rows."""
         self.store, self.stage, self.flush_rows, self.flush_s = store, stage, flush_rows, flush_s
         self.on_flush, self.steps = on_flush, steps
+        self.before_flush: Callable[[], None] | None = None  # e.g. store a stage's step rows before its results
         self.rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
 
@@ -435,6 +436,8 @@ class RowWriter:
 
     def flush(self) -> None:
         if self.rows:
+            if self.before_flush is not None:
+                self.before_flush()
             write = self.store.write_steps if self.steps else self.store.write_rows
             write(self.stage, self.rows)
             rows, self.rows = self.rows, []

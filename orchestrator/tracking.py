@@ -469,7 +469,9 @@ def export(plan: SweepPlan, store: ResultStore, options: TrackingOptions,
     tracking = Tracking(options, plan.name, store.tracking_dir(), strict=True)
     try:
         for name in stages or plan.order:
-            rows = store.read_stage(name, latest=False).to_pylist()
+            reported = store.step_rows(name, latest=False).to_pylist()
+            steps = [{**row, "sweep": plan.name, "stage": name} for row in reported]
+            rows = steps + store.read_stage(name, latest=False).to_pylist()  # a run's reports, then its result
             tracking.log_rows(rows, plan.stages[name].task.params.model_fields, store.local_artifact_dir)
             tracking.log_pending()
     finally:

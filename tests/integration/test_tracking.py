@@ -340,3 +340,34 @@ def test_an_unknown_backend_in_the_spec_is_a_spec_error_naming_the_key(write_spe
                                  "'wandb', got 'tensorbord'")
     with pytest.raises(SpecError, match=r"tracking\.backend: unknown key 'backend' \(did you mean 'backends'\?\)"):
         load_spec(write_spec("name: t\ntracking: {backend: [mlflow]}\nstages:\n  s: {task: demo.noop}\n"))
+
+
+def test_ctx_report_curves_reach_mlflow_from_run_and_from_export(write_spec, tmp_path: Path) -> None:
+    # Invariant: a run's `ctx.report` rows (the stage's step table) are its tracked curve, logged by
+    # `run --track` as they are stored and by `export` from the store; the result row follows the curve.
+    spec = write_spec("""\
+        name: curves
+        stages:
+          s:
+            task: demo.curve
+            params: {x: {grid: [0.2, 0.7]}, y: 0.3, steps: 4}
+    """)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    ran = cli("run", str(spec), "--results", str(tmp_path / "r"), "--executor", "inline", "--track", "mlflow",
+              cwd=tmp_path, env=env)
+    assert ran.returncode == 0, ran.stderr
+    exported = cli("export", str(spec), "--results", str(tmp_path / "r"), "--to", "mlflow",
+                   "tracking.experiment=exported", cwd=tmp_path, env=env)
+    assert exported.returncode == 0, exported.stderr
+    steps = ResultStore(tmp_path / "r", "curves").step_rows("s").to_pylist()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for experiment in ("curves", "exported"):
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        assert len(runs) == 2
+        for run in runs:
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "score"))
+            reported = sorted((r["step"], r["score"]) for r in steps if r["run_id"] == run.data.tags["run_id"])
+            assert history[:-1] == [(s, pytest.approx(v)) for s, v in reported] and len(reported) == 4
+            assert history[-1][0] == reported[-1][0] + 1  # the result row, one step after the last report
