@@ -26,7 +26,7 @@ from orchestrator.schema import BAD_OUTPUT, FAILED, MISSING_UPSTREAM, OK, PRUNED
 from orchestrator.select import Trial
 from orchestrator.steps import StepChannel, StopRule
 from orchestrator.store import ResultStore, RowWriter, RunState, SweepLock
-from orchestrator.tracking import Tracking, TrackingOptions
+from orchestrator.tracking import Tracking, TrackingOptions, step_row
 from orchestrator.tune import (
     GroupSearch,
     Known,
@@ -264,7 +264,7 @@ class StageRun:
 
     def track_steps(self, rows: list[dict[str, Any]]) -> None:
         """Mirror step rows just stored (`ctx.report`): they join their run's tracked run."""
-        self.track([{**row, "sweep": self.store.sweep, "stage": self.stage.name} for row in rows])
+        self.track([step_row(row, self.store.sweep, self.stage.name) for row in rows])
 
     def execute(self, executor: Executor, source: WorkSource) -> None:
         start = time.perf_counter()

@@ -459,6 +459,12 @@ class Tracking:
                     self.warn(f"closing the {backend} tracker failed: {exc}")
 
 
+def step_row(row: dict[str, Any], sweep: str, stage: str) -> dict[str, Any]:
+    """A stored `ctx.report` row as its run's other rows read: with its sweep and stage, without the time
+    it was stored (`reported_at` is no metric)."""
+    return {**{k: v for k, v in row.items() if k != "reported_at"}, "sweep": sweep, "stage": stage}
+
+
 def export(plan: SweepPlan, store: ResultStore, options: TrackingOptions,
            stages: Iterable[str] | None = None) -> Tracking:
     """Log every stored run (every attempt) of the plan's stages; runs a tracker already has are skipped.
@@ -470,7 +476,7 @@ def export(plan: SweepPlan, store: ResultStore, options: TrackingOptions,
     try:
         for name in stages or plan.order:
             reported = store.step_rows(name, latest=False).to_pylist()
-            steps = [{**row, "sweep": plan.name, "stage": name} for row in reported]
+            steps = [step_row(row, plan.name, name) for row in reported]
             rows = steps + store.read_stage(name, latest=False).to_pylist()  # a run's reports, then its result
             tracking.log_rows(rows, plan.stages[name].task.params.model_fields, store.local_artifact_dir)
             tracking.log_pending()

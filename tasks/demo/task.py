@@ -33,7 +33,6 @@ def quadratic(params: QuadraticParams, ctx: RunContext) -> dict[str, Any]:
     """loss = (x - 1)^2 + (y + 2)^2 plus seeded Gaussian noise: a surface with a known minimum."""
     rng = random.Random(ctx.seed)
     loss = (params.x - 1.0) ** 2 + (params.y + 2.0) ** 2 + params.noise * rng.gauss(0.0, 1.0)
-    ctx.report(step=0, loss=loss)
     return {"loss": loss}
 
 
