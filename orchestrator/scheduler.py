@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator import cluster
 from orchestrator.execute import (
@@ -89,11 +90,14 @@ class RayChannel:
     """The driver's side of a stage's broker actor: drained without blocking on every scheduling tick.
 
     The actor is created without waiting for it, so a stage whose runs never report pays no start-up
-    wait (`close` kills it; `drain(wait=True)` at the end waits only when some run reported).
+    wait (`close` kills it; `drain(wait=True)` at the end waits only when some run reported). It lives on
+    the driver's node: losing a worker node (a preempted machine, say) must not take the stage's reports
+    and the sweep with it.
     """
 
     def __init__(self, rule: StopRule | None) -> None:
-        self.actor: Any = _BrokerActor.remote(rule)
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.actor: Any = _BrokerActor.options(scheduling_strategy=here).remote(rule)
         self.worker_handle = _BrokerHandle(self.actor)
         self.pending: Any = None
 
