@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -120,17 +121,32 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only; no display is needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay `fig` out, write it to `path` (parents created) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def summary_figure(stage: StageRuns, path: Path) -> Path | None:
     """Each metric (rows) against each swept parameter (columns): the mean over the other configurations,
     error bars the standard deviation over seeds (or over the other configurations when there is one seed)."""
     facets = stage.configs[:MAX_FACETS]
     if not facets:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     by_config = stage.runs.groupby(facets, dropna=False)[stage.metrics]
     means, stds = by_config.mean().reset_index(), by_config.std().reset_index()
     seeded = SEED in stage.swept
@@ -153,22 +169,14 @@ def summary_figure(stage: StageRuns, path: Path) -> Path | None:
                 ax.set_ylabel(metric)
     fig.suptitle("mean over the other parameters; error bars: std over " + ("seeds" if seeded else "them"),
                  fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def step_figure(stage: StageRuns, path: Path) -> Path | None:
     """Each metric against `step`: one curve per configuration (mean over seeds), for runs that report steps."""
     if stage.steps is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys, metrics = stage.configs, stage.step_metrics or stage.metrics
     fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.2 * len(metrics), 3.2))
     curves = stage.steps.groupby([*keys, STEP], dropna=False)[metrics].mean().reset_index()
@@ -181,8 +189,4 @@ def step_figure(stage: StageRuns, path: Path) -> Path | None:
         ax.set_ylabel(metric)
     if keys:
         axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -23,6 +23,7 @@ from orchestrator.plan import SweepPlan
 from orchestrator.schema import OK, PRUNED, from_column
 from orchestrator.select import Constraint
 from orchestrator.store import ResultStore
+from orchestrator.summary import pyplot
 from orchestrator.tune import Group, curves
 
 
@@ -89,10 +90,7 @@ def tune_report(sweep: SweepPlan, store: ResultStore, stage: str, out_dir: Path)
     tune = plan.stage.tune
     if tune is None:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # the Agg backend, before optuna's visualisations import pyplot
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
