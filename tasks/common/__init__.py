@@ -28,4 +28,5 @@ MODELS = {
     "tiny-llama": "tasks.common.tiny:tiny_model_path",
     "tiny-bert": "tasks.common.tiny:tiny_model_path",
     "minilm": "tasks.common.models:minilm_path",
+    "smollm2": "tasks.common.models:smollm2_path",
 }

