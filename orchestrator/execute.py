@@ -213,7 +213,8 @@ class SetupCache:
     def get(self, task: TaskDef, params: Any, ctx: RunContext) -> Any:
         if task.setup is None:
             return None
-        key = (task.name, task.setup_key(params.model_dump()))
+        upstream = {stage: [up.run_id for up in runs] for stage, runs in ctx.upstream.items()}
+        key = (task.name, task.setup_key(params.model_dump(), upstream))
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -58,17 +58,27 @@ class TaskDef:
     version: int = 1
     setup: SetupFn | None = None
     setup_keys: tuple[str, ...] = ()
+    setup_upstream: bool = False  # the setup reads the run's upstream artifacts (a model a stage trained)
     resources: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
     smoke: dict[str, Any] | None = None
     smoke_upstream: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     measured: tuple[str, ...] = ()  # columns that measure the call itself (wall-clock times): not reproducible
 
-    def setup_key(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The values that identify this run's expensive setup, or None for a stateless task."""
+    def setup_key(
+        self, params: dict[str, Any], upstream: Mapping[str, Iterable[str]] | None = None
+    ) -> tuple[Any, ...] | None:
+        """The values that identify this run's expensive setup, or None for a stateless task.
+
+        With `setup_upstream`, the ids of the upstream runs (stage -> run ids) are part of the key: two
+        runs with the same params but another upstream model never share a loaded setup.
+        """
         if self.setup is None:
             return None
-        return tuple((k, _hashable(params.get(k))) for k in self.setup_keys)
+        key = tuple((k, _hashable(params.get(k))) for k in self.setup_keys)
+        if self.setup_upstream and upstream:
+            key += (("upstream", tuple(sorted((stage, tuple(sorted(ids))) for stage, ids in upstream.items()))),)
+        return key
 
 
 def _hashable(value: Any) -> Any:
@@ -86,6 +96,7 @@ def task(
     version: int = 1,
     setup: SetupFn | None = None,
     setup_keys: Sequence[str] = (),
+    setup_upstream: bool = False,
     resources: dict[str, Any] | None = None,
     smoke: Mapping[str, Any] | None = None,
     smoke_upstream: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
@@ -95,7 +106,9 @@ def task(
 
     `version`: bump when the task's meaning changes, so old rows stay distinguishable (it enters run ids).
     `setup(params, ctx)`: expensive state (a model) built once per worker for each distinct value of
-    `setup_keys` and handed to the task as `ctx.setup`.
+    `setup_keys` and handed to the task as `ctx.setup`; `setup_upstream=True` when the setup also reads
+    the run's upstream artifacts (`ctx.upstream`, a model saved by an earlier stage): the upstream run ids
+    then join the key.
     `smoke`: small, fast params the contract suite runs the task with (tests/unit/test_task_contract.py);
     `smoke_upstream`: for a task that reads upstream runs, `{stage: (task name, params)}` to run first.
     `measured`: row columns that measure the call itself (wall-clock times, process ids), so identical
@@ -116,6 +129,7 @@ def task(
             version=version,
             setup=setup,
             setup_keys=tuple(setup_keys),
+            setup_upstream=setup_upstream,
             resources=dict(resources or {}),
             doc=(fn.__doc__ or "").strip().split("\n")[0],
             smoke=dict(smoke) if smoke is not None else None,

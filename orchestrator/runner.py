@@ -170,7 +170,7 @@ class StageRun:
                              self.store.artifact_root(), self.upstream_of(run), self.memory,
                              self.stage.stage.timeout_s,
                              steps=self.channel.worker_handle if self.channel is not None else None)
-        return WorkItem(payload, self.stage.task.setup_key(run.params))
+        return WorkItem(payload, self.stage.task.setup_key(run.params, run.upstream))
 
     def open_steps(self, executor: Executor, rule: StopRule | None = None) -> None:
         """The stage's step broker (ctx.report), before any work item is made."""

@@ -4,6 +4,7 @@ After O'Mahony et al. 2024, "Attributing Mode Collapse in the Fine-Tuning of Lar
 """
 
 TASKS = {
+    "diversity.finetune": "tasks.diversity.task:finetune",
     "diversity.next_token": "tasks.diversity.task:next_token",
     "diversity.completions": "tasks.diversity.task:completions",
     "diversity.output_diversity": "tasks.diversity.task:output_diversity",

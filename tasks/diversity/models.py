@@ -30,14 +30,20 @@ for _arch in ("gpt2", "llama"):
 
 
 def training_text(key: str) -> str:
-    """The text a recipe trains on: the common tiny corpus, or the family's narrow text."""
+    """The text a recipe trains on: "corpus" (the common tiny corpus), "narrow" (the family's narrow
+    text, eight times) or the path of a .txt file."""
     if key == "corpus":
         from tasks.common.corpus import CORPUS
 
         return CORPUS
-    from tasks.diversity.data import NARROW_TEXT
+    if key == "narrow":
+        from tasks.diversity.data import NARROW_TEXT
 
-    return NARROW_TEXT * 8
+        return NARROW_TEXT * 8
+    path = Path(key).expanduser()
+    if path.suffix != ".txt" or not path.is_file():
+        raise ValueError(f"text={key!r} is neither 'narrow', 'corpus' nor an existing .txt file")
+    return path.read_text(encoding="utf-8")
 
 
 def model_path(name: str) -> str:

@@ -10,6 +10,22 @@ from pydantic import Field
 from orchestrator.registry import TaskParams
 
 
+class FinetuneParams(TaskParams):
+    base_model: str = "tiny-gpt2-pretrained"
+    """The model to fine-tune (any name `load_causal_lm` takes). Not called `model`: a stage that needs
+    this one is matched to it on the parameters both set, and its `model` is `upstream:<this stage>`."""
+    text: str = "narrow"
+    """What to train on: "narrow" (the family's narrow text), "corpus" (the common tiny corpus) or a .txt file."""
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    block_size: int = Field(32, ge=2)
+    batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(10, ge=1)
+    """Report the losses every this many steps (and after the last)."""
+    eval_docs: int | None = Field(None, ge=1)
+    """How many built-in general documents the general-text loss reads (None: all)."""
+
+
 class NextTokenParams(TaskParams):
     model: str = "tiny-gpt2"
     dataset: str = "builtin"

@@ -21,19 +21,36 @@ import numpy as np
 from orchestrator.context import RunContext
 from orchestrator.registry import task
 from tasks.common.setup import LMSetup, lm_setup
-from tasks.diversity.params import CompletionsParams, NextTokenParams, OutputDiversityParams
+from tasks.diversity.params import CompletionsParams, FinetuneParams, NextTokenParams, OutputDiversityParams
 
-__all__ = ["CompletionsParams", "NextTokenParams", "OutputDiversityParams", "completions", "load", "load_embedder",
-           "next_token", "output_diversity"]
+__all__ = ["CompletionsParams", "FinetuneParams", "NextTokenParams", "OutputDiversityParams", "completions",
+           "finetune", "load", "load_embedder", "next_token", "output_diversity"]
+
+UPSTREAM_MODEL = "upstream:"  # `model: upstream:<stage>`: the model a `diversity.finetune` run of <stage> saved
+FINETUNED_DIR = "model"  # where `diversity.finetune` saves it, in its artifact directory
 
 
 def load(params: Any, ctx: RunContext) -> LMSetup:
     """The causal LM and tokenizer of `params.model` (this family's built-ins or any name
-    `tasks.common.models.load_causal_lm` takes), once per worker and model name."""
+    `tasks.common.models.load_causal_lm` takes), once per worker and model name; `upstream:<stage>` is
+    the model the matching run of stage <stage> (a `diversity.finetune` stage this one needs) saved."""
     from tasks.common.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(params.model, device=ctx.device)
+    model, tokenizer = load_causal_lm(model_location(params.model, ctx), device=ctx.device)
     return LMSetup(model, tokenizer, ctx.device)
+
+
+def model_location(model: str, ctx: RunContext) -> str:
+    """`model` itself, or for `upstream:<stage>` the directory of the model that stage's run saved."""
+    if not model.startswith(UPSTREAM_MODEL):
+        return model
+    stage = model.removeprefix(UPSTREAM_MODEL)
+    directory = ctx.upstream_one(stage).artifact_dir / FINETUNED_DIR
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"model={model!r}: the upstream run of stage '{stage}' saved no model ({directory} is missing); "
+            "is that stage a diversity.finetune stage?")
+    return str(directory)
 
 
 def _seed_for(seed: int, *keys: int) -> int:
@@ -45,11 +62,80 @@ def _seed_for(seed: int, *keys: int) -> int:
 
 
 @task(
+    "diversity.finetune",
+    params=FinetuneParams,
+    version=1,
+    resources={"num_cpus": 1},
+    smoke={"steps": 2, "eval_every": 1, "eval_docs": 2, "batch_size": 2, "block_size": 8},
+)
+def finetune(params: FinetuneParams, ctx: RunContext) -> dict[str, Any]:
+    """Fine-tune all weights of `base_model` on a narrow text inside the sweep, reporting its learning curve.
+
+    The offline stand-in for the original's SFT / DPO checkpoints (`ops.finetune.finetune_on_text`:
+    AdamW at a constant `lr`, random `block_size`-token windows of the text, seeded by the run seed).
+    Every `eval_every` steps and after the last, `ctx.report` records `train_loss` (mean since the last
+    report), `narrow_loss` (the text's first windows, fixed) and `general_loss` (the family's built-in
+    general documents): the narrow loss falls while the general loss rises as the model narrows.
+    The model and tokenizer are saved to `model/` in the artifact directory; a later stage that `needs`
+    this one loads it with `model: upstream:<this stage's name>`. Row: the final losses, before and after.
+    """
+    import torch
+
+    from tasks.common.models import load_causal_lm
+    from tasks.common.nll import encode_texts, text_loss
+    from tasks.diversity.data import read_documents
+    from tasks.diversity.models import training_text
+    from tasks.diversity.ops.finetune import finetune_on_text
+
+    model, tokenizer = load_causal_lm(params.base_model, device=ctx.device)
+    text = training_text(params.text)
+    narrow = _windows(tokenizer(text, add_special_tokens=False).input_ids, params.block_size, count=8)
+    general = encode_texts(tokenizer, list(read_documents("builtin", max_docs=params.eval_docs)), params.block_size)
+
+    def losses() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            result = {"narrow_loss": text_loss(model, narrow, ctx.device)[0],
+                      "general_loss": text_loss(model, general, ctx.device)[0]}
+        model.train()
+        return result
+
+    before = losses()
+    since_report: list[float] = []
+
+    def after_step(step: int, loss: float) -> None:
+        since_report.append(loss)
+        if step % params.eval_every == 0 or step == params.steps:
+            ctx.report(step=step, train_loss=float(np.mean(since_report)), **losses())
+            since_report.clear()
+
+    finetune_on_text(model, tokenizer, text, steps=params.steps, lr=params.lr, seed=ctx.seed,
+                     block_size=params.block_size, batch_size=params.batch_size, after_step=after_step)
+    after = losses()
+    model.save_pretrained(ctx.artifact_dir / FINETUNED_DIR)
+    tokenizer.save_pretrained(ctx.artifact_dir / FINETUNED_DIR)
+    return {**after, **{f"{key}_before": value for key, value in before.items()}, "steps": params.steps}
+
+
+def _windows(ids: list[int], block_size: int, count: int) -> list[list[int]]:
+    """The first `count` consecutive `block_size`-token windows of `ids` (repeated until long enough)."""
+    if not ids:
+        raise ValueError("the fine-tuning text tokenises to nothing")
+    while len(ids) < block_size * count:
+        ids = ids + ids
+    return [ids[i * block_size : (i + 1) * block_size] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@task(
     "diversity.next_token",
     params=NextTokenParams,
     version=2,  # 2: empty documents never give the first-document entropy nor flush (as the original)
     setup=load,
     setup_keys=("model",),
+    setup_upstream=True,
     resources={"num_cpus": 1},
     smoke={"max_docs": 2, "batch_size": 2, "max_length": 16},
 )
@@ -119,6 +205,7 @@ def _prefix(tokenizer: Any, prefix: str) -> tuple[int, bool]:
     version=1,
     setup=load,
     setup_keys=("model",),
+    setup_upstream=True,
     resources={"num_cpus": 1},
     smoke={"max_prompts": 1, "n_samples": 3, "batch_size": 3, "max_new_tokens": 6},
 )

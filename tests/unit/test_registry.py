@@ -147,3 +147,38 @@ def test_every_builtin_name_resolves_to_its_own_task() -> None:
         assert registry.get_task(name).name == name
     for target in [*registry.report_map().values(), *registry.model_map().values()]:
         assert callable(registry.import_target(target))
+
+
+def test_a_setup_that_reads_upstream_is_keyed_on_the_upstream_runs(tmp_path: Path) -> None:
+    # two runs with equal params but another upstream model must never share a loaded setup
+    from orchestrator.context import Upstream, local_context
+    from orchestrator.execute import SetupCache
+
+    loads: list[Path] = []
+
+    def load(params, ctx):
+        loads.append(ctx.upstream_one("train").artifact_dir)
+        return loads[-1]
+
+    class Params(registry.TaskParams):
+        model: str = "upstream:train"
+
+    @registry.task("unit.reads_upstream", params=Params, setup=load, setup_keys=("model",), setup_upstream=True)
+    def reads(params, ctx):
+        return {"model_dir": str(ctx.setup)}
+
+    definition = reads.__task__  # type: ignore[attr-defined]
+    assert definition.setup_key({"model": "m"}) == (("model", "m"),)
+    assert definition.setup_key({"model": "m"}, {"train": ["b", "a"]}) == (
+        ("model", "m"), ("upstream", (("train", ("a", "b")),)))
+    cache = SetupCache()
+
+    def ctx_of(run_id: str):
+        return local_context(upstream={"train": [Upstream("train", run_id, {}, tmp_path / run_id)]})
+
+    assert cache.get(definition, Params(), ctx_of("a")) == tmp_path / "a"
+    assert cache.get(definition, Params(), ctx_of("b")) == tmp_path / "b"
+    assert cache.get(definition, Params(), ctx_of("a")) == tmp_path / "a"
+    assert loads == [tmp_path / "a", tmp_path / "b"]
+    without = registry.TaskDef("plain", reads, Params, "x:y", setup=load, setup_keys=("model",))
+    assert without.setup_key({"model": "m"}, {"train": ["a"]}) == (("model", "m"),)

@@ -144,3 +144,29 @@ def test_must_show_narrow_finetuning_collapses_diversity_and_entropy(tiny_pair):
         assert narrow["distinct_2"] < base["distinct_2"], (temperature, base, narrow)
         assert narrow["vendi_jaccard_2"] < base["vendi_jaccard_2"], (temperature, base, narrow)
         assert narrow["selfBleuSmoothed"] > base["selfBleuSmoothed"], (temperature, base, narrow)
+
+
+def test_finetune_reports_its_curve_and_saves_the_model_the_builtin_recipe_makes(tiny_pair, tmp_path):
+    # the in-sweep fine-tune of the built-in recipe (tasks/diversity/models.py) gives the built-in model
+    from tasks.common.models import load_causal_lm
+    from tasks.diversity.models import RECIPES, model_path
+    from tasks.diversity.task import FinetuneParams, finetune, model_location
+
+    base, text_key, steps, lr = RECIPES["tiny-gpt2-narrow"]
+    params = FinetuneParams(base_model=base, text=text_key, steps=steps, lr=lr, eval_every=25)
+    ctx = local_context(seed=0, root=tmp_path)
+    row = finetune(params, ctx)
+    assert [r["step"] for r in ctx.reports] == [25, 50, 75, 100]
+    narrow = [r["narrow_loss"] for r in ctx.reports]
+    assert narrow[-1] < 0.5 * row["narrow_loss_before"] and row["narrow_loss"] == narrow[-1]
+    assert row["general_loss"] > row["general_loss_before"]  # the model narrows: general text gets harder
+    saved, _ = load_causal_lm(ctx.artifact_dir / "model")
+    builtin, _ = load_causal_lm(model_path("tiny-gpt2-narrow"))
+    for (name, mine), theirs in zip(saved.state_dict().items(), builtin.state_dict().values(), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-5), name
+    downstream = local_context(seed=0, upstream={"tune": [Upstream("tune", "r1", {}, ctx.artifact_dir)]})
+    assert model_location("upstream:tune", downstream) == str(ctx.artifact_dir / "model")
+    with pytest.raises(FileNotFoundError, match="saved no model"):
+        model_location("upstream:tune", local_context(upstream={"tune": [Upstream("tune", "r1", {}, tmp_path)]}))
+    with pytest.raises(ValueError, match=r"neither 'narrow', 'corpus' nor an existing \.txt file"):
+        finetune(FinetuneParams(text="narow", steps=1), local_context(root=tmp_path))
