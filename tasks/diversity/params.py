@@ -18,8 +18,10 @@ class FinetuneParams(TaskParams):
     """What to train on: "narrow" (the family's narrow text), "corpus" (the common tiny corpus) or a .txt file."""
     steps: int = Field(100, ge=1)
     lr: float = Field(3e-3, gt=0)
-    block_size: int = Field(32, ge=2)
-    batch_size: int = Field(8, ge=1)
+    train_block_size: int = Field(32, ge=2)
+    """Tokens per training window."""
+    train_batch_size: int = Field(8, ge=1)
+    """Windows per step. (`train_` names: stages that need this one are matched on the names both set.)"""
     eval_every: int = Field(10, ge=1)
     """Report the losses every this many steps (and after the last)."""
     eval_docs: int | None = Field(None, ge=1)

@@ -66,13 +66,14 @@ def _seed_for(seed: int, *keys: int) -> int:
     params=FinetuneParams,
     version=1,
     resources={"num_cpus": 1},
-    smoke={"steps": 2, "eval_every": 1, "eval_docs": 2, "batch_size": 2, "block_size": 8},
+    smoke={"steps": 2, "eval_every": 1, "eval_docs": 2, "train_batch_size": 2, "train_block_size": 8},
 )
 def finetune(params: FinetuneParams, ctx: RunContext) -> dict[str, Any]:
     """Fine-tune all weights of `base_model` on a narrow text inside the sweep, reporting its learning curve.
 
     The offline stand-in for the original's SFT / DPO checkpoints (`ops.finetune.finetune_on_text`:
-    AdamW at a constant `lr`, random `block_size`-token windows of the text, seeded by the run seed).
+    AdamW at a constant `lr`, `train_batch_size` random `train_block_size`-token windows of the text per
+    step, seeded by the run seed).
     Every `eval_every` steps and after the last, `ctx.report` records `train_loss` (mean since the last
     report), `narrow_loss` (the text's first windows, fixed) and `general_loss` (the family's built-in
     general documents): the narrow loss falls while the general loss rises as the model narrows.
@@ -89,8 +90,9 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> dict[str, Any]:
 
     model, tokenizer = load_causal_lm(params.base_model, device=ctx.device)
     text = training_text(params.text)
-    narrow = _windows(tokenizer(text, add_special_tokens=False).input_ids, params.block_size, count=8)
-    general = encode_texts(tokenizer, list(read_documents("builtin", max_docs=params.eval_docs)), params.block_size)
+    narrow = _windows(tokenizer(text, add_special_tokens=False).input_ids, params.train_block_size, count=8)
+    general = encode_texts(tokenizer, list(read_documents("builtin", max_docs=params.eval_docs)),
+                           params.train_block_size)
 
     def losses() -> dict[str, float]:
         model.eval()
@@ -110,7 +112,7 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> dict[str, Any]:
             since_report.clear()
 
     finetune_on_text(model, tokenizer, text, steps=params.steps, lr=params.lr, seed=ctx.seed,
-                     block_size=params.block_size, batch_size=params.batch_size, after_step=after_step)
+                     block_size=params.train_block_size, batch_size=params.train_batch_size, after_step=after_step)
     after = losses()
     model.save_pretrained(ctx.artifact_dir / FINETUNED_DIR)
     tokenizer.save_pretrained(ctx.artifact_dir / FINETUNED_DIR)
