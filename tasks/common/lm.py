@@ -9,34 +9,69 @@ from typing import Any
 
 import torch
 
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values, each (batch, kv_heads, seq, head_dim)
 
-def _accepts_logits_to_keep(model: Any) -> bool:
-    cached = getattr(model, "_attr_logits_to_keep", None)
+
+def _forward_parameters(model: Any) -> frozenset[str]:
+    cached = getattr(model, "_attr_forward_parameters", None)
     if cached is None:
-        cached = "logits_to_keep" in inspect.signature(model.forward).parameters
+        cached = frozenset(inspect.signature(model.forward).parameters)
         with contextlib.suppress(AttributeError):
-            model._attr_logits_to_keep = cached
+            model._attr_forward_parameters = cached
     return cached
+
+
+def _cache_keyword(model: Any) -> str:
+    """The forward's name for a KV cache: `cache` from transformers 5.x on, `past_key_values` before."""
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def _as_cache(past: KV) -> Any:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(past):
+        cache.update(keys, values, layer)
+    return cache
+
+
+def _forward_at_last(model: Any, last: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """(logits at each row's `last` position (batch, vocab), the model's output)."""
+    if "logits_to_keep" in _forward_parameters(model):
+        out = model(**kwargs, logits_to_keep=last[:, None])
+        return out.logits[:, 0], out
+    out = model(**kwargs)
+    return out.logits[torch.arange(len(last), device=out.logits.device), last], out
 
 
 def last_logits(
     model: Any,
-    last: torch.Tensor,  # (batch,) index of each row's last real position
+    last: torch.Tensor,  # (batch,) index of each row's last real position (within the given inputs)
     input_ids: torch.Tensor | None = None,  # (batch, seq), right-padded
     inputs_embeds: torch.Tensor | None = None,  # (batch, seq, d), right-padded
+    past: KV | None = None,  # keys and values of the positions before the inputs, as many in every row
 ) -> torch.Tensor:  # (batch, vocab)
     """Next-token logits at each row's own last position.
 
     Rows are right-padded: a causal LM's position t never sees positions > t, so padding after the
     last real token changes nothing and no attention mask is needed. Only the kept positions go
-    through the LM head (`logits_to_keep`) where the model supports it.
+    through the LM head (`logits_to_keep`) where the model supports it. With `past`, the inputs
+    continue a prefix whose keys and values were computed before (their positions follow it).
     """
     kwargs: dict[str, Any] = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
-    if _accepts_logits_to_keep(model):
-        logits = model(**kwargs, logits_to_keep=last[:, None], use_cache=False).logits  # (batch, 1, vocab)
-        return logits[:, 0]
-    logits = model(**kwargs, use_cache=False).logits  # (batch, seq, vocab)
-    return logits[torch.arange(len(last), device=logits.device), last]
+    if past is not None:
+        kwargs[_cache_keyword(model)] = _as_cache(past)
+    return _forward_at_last(model, last, **kwargs, use_cache=False)[0]
+
+
+def last_logits_and_kv(
+    model: Any,
+    last: torch.Tensor,  # (batch,)
+    input_ids: torch.Tensor,  # (batch, seq), right-padded
+) -> tuple[torch.Tensor, KV]:  # (batch, vocab), every layer's keys and values of all seq positions
+    """`last_logits` plus the keys and values of every position, for continuing rows from a prefix."""
+    logits, out = _forward_at_last(model, last, input_ids=input_ids, use_cache=True)
+    return logits, [(layer[0], layer[1]) for layer in getattr(out, _cache_keyword(model))]
 
 
 def token_embeddings(model: Any, ids: torch.Tensor) -> torch.Tensor:

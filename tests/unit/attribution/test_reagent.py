@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from tasks.attribution.ops.samplers import (
     load_tag_map,
     make_sampler,
 )
-from tasks.common.lm import last_logits, right_pad
+from tasks.common.lm import last_logits, last_logits_and_kv, right_pad
 
 IDS = torch.tensor([40, 300, 57, 120, 9, 211, 33])
 
@@ -132,23 +134,57 @@ def test_config_rejects_bad_settings():
         ReagentConfig(on_no_convergence="zero")
 
 
-def test_length_buckets_plan():
-    # invariant: passes split only when the padding saved exceeds the per-pass overhead
-    from tasks.attribution.ops.reagent import _plan_buckets
+def test_pass_plan():
+    # invariant: passes split only when the padding saved exceeds the per-pass overhead; every row once
+    from tasks.attribution.ops.reagent import _plan_passes
 
-    counts = ((5, 10), (30, 10))
-    assert _plan_buckets(counts, 0) == (1, 2)  # no overhead: never pad
-    assert _plan_buckets(counts, 10_000) == (2,)  # huge overhead: one pass
-    assert _plan_buckets(((5, 10), (6, 10), (30, 10)), 50) == (2, 3)
+    def plan(starts, ends, overhead):
+        passes = _plan_passes(np.array(starts), np.array(ends), overhead)
+        assert sorted(np.concatenate(passes).tolist()) == list(range(len(starts)))
+        return [sorted(p.tolist()) for p in passes]
+
+    starts, ends = [0] * 20, [5] * 10 + [30] * 10
+    assert plan(starts, ends, 0) == [list(range(10)), list(range(10, 20))]  # no overhead: never pad
+    assert plan(starts, ends, 10_000) == [list(range(20))]  # huge overhead: one pass
+    assert plan([0, 0, 0], [5, 6, 30], 2) == [[0, 1], [2]]
+    assert plan([0, 8, 9], [10, 10, 10], 3) == [[0], [1, 2]]  # late starts run apart from early ones
 
 
-def test_bucketed_logits_equal_per_row_logits(tiny_lm):
-    # invariant: splitting a pass by length changes no row's logits
-    from tasks.attribution.ops.reagent import _bucketed_last_logits
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_continued_logits_equal_full_logits(arch, tiny_lm, tiny_llama):
+    # invariant: continuing rows from the clean prefix's keys and values (from any start, in any passes)
+    # gives the logits of a full forward; unchanged rows get the clean logits
+    from tasks.attribution.ops.reagent import _continued_last_logits
 
-    model, _ = tiny_lm
-    seqs = [IDS[:2], IDS, IDS[:3], IDS[1:]]
-    ids, lengths = right_pad(seqs)
-    split = _bucketed_last_logits(model, ids, lengths - 1, overhead=0)
-    whole = last_logits(model, lengths - 1, input_ids=ids)
-    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    model, _ = tiny_lm if arch == "gpt2" else tiny_llama
+    clean, lengths = right_pad([IDS, IDS[:4]])
+    clean_logits, clean_kv = last_logits_and_kv(model, lengths - 1, input_ids=clean)
+    prefix = torch.tensor([0, 0, 0, 1, 1, 0])
+    starts = torch.tensor([0, 3, 6, 2, 4, 7])  # the last two change nothing
+    ids = clean[prefix].clone()
+    for r, s in enumerate(starts.tolist()):
+        if s < lengths[prefix[r]]:
+            ids[r, s:] = (ids[r, s:] + 11 * (r + 1)) % 200
+    ends = lengths[prefix]
+    full = last_logits(model, ends - 1, input_ids=ids)
+    for overhead in (0, 1000):
+        ours = _continued_last_logits(model, ids, prefix, starts, ends, clean_logits, clean_kv, overhead)
+        torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "pos"])
+def test_prefix_reuse_keeps_results_on_identical_draws(sampler, tiny_lm):
+    # invariant: with the same seed, reusing the clean prefix's keys and values changes no result:
+    # the same random draws, steps, stopped probes and rationale, scores equal to float rounding
+    model, tok = tiny_lm
+    sampler_obj = make_sampler(sampler, model, tok, pos_tagger="coarse")[0]
+    prefixes = [IDS, IDS[:4], IDS[2:], torch.cat([IDS, IDS])]
+    targets = [5, 6, 7, 8]
+    for cfg in (ReagentConfig(max_steps=40, num_probes=4, keep_top_n=2, stop_top_k=20, replace_ratio=0.2),
+                ReagentConfig(max_steps=15, num_probes=3, keep_top_n=3, stop_top_k=0)):
+        plain = reagent(model, prefixes, targets, sampler_obj, replace(cfg, reuse_clean_prefix=False),
+                        torch.Generator().manual_seed(3))
+        reused = reagent(model, prefixes, targets, sampler_obj, cfg, torch.Generator().manual_seed(3))
+        for a, b in zip(plain, reused, strict=True):
+            assert (a.n_steps, a.n_converged, a.rationale) == (b.n_steps, b.n_converged, b.rationale)
+            torch.testing.assert_close(a.probe_scores, b.probe_scores, rtol=1e-5, atol=1e-6)
