@@ -147,12 +147,19 @@ def smollm2_dir(gguf: Path, cache: Path) -> Path:
     instead of dequantising again."""
     target = cache / f"smollm2-{gguf.stat().st_size}"
     if not (target / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
         from tasks.common.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(gguf, dtype="float32")
+        config = model.config  # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain one
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype="float32")
+        plain.load_state_dict(model.state_dict())
         tmp = cache / f"{target.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(target)
     return target
@@ -303,8 +310,9 @@ def artifact_differences(reference: Path | None, other: Path | None) -> dict[str
 
 
 def max_differences(reference: Any, other: Any, skip: set[str]) -> dict[str, tuple[str, float]]:
-    """Per numeric column not in `skip`: (kind "float" or "int", the largest |other - reference|) over the
-    rows both have, matched on run id and row order within the run; inf where one is NaN and the other not."""
+    """Per numeric column not in `skip`: (kind, the largest |other - reference|) over the rows both have,
+    matched on run id and row order within the run; inf where one is NaN and the other not. The kind is
+    "int" for a column of whole numbers only (ids, ranks, counts), else "float"."""
     import numpy as np
     import pandas as pd
 
@@ -325,7 +333,8 @@ def max_differences(reference: Any, other: Any, skip: set[str]) -> dict[str, tup
         nan_x, nan_y = np.isnan(x), np.isnan(y)
         both = ~nan_x & ~nan_y
         worst = float(np.max(np.abs(x[both] - y[both]))) if both.any() else 0.0
-        kind = "int" if pd.api.types.is_integer_dtype(a) else "float"
+        integral = np.all(x[~nan_x] == np.round(x[~nan_x])) and np.all(y[~nan_y] == np.round(y[~nan_y]))
+        kind = "int" if integral else "float"  # ids, ranks and counts (a float column when it holds NaN)
         diffs[column] = (kind, math.inf if (nan_x != nan_y).any() else worst)
     return diffs
 

@@ -100,7 +100,7 @@ esac
 
 device=cuda
 for ((i = 1; i <= $#; i++)); do
-    [ "${!i}" = "--device" ] && { j=$((i + 1)); device="${!j}"; }
+    [ "${!i}" = "--device" ] && { j=$((i + 1)); device="${!j:-cuda}"; }
 done
 started=$SECONDS
 echo "== gpu_check: $("$PY" --version 2>&1) at $(command -v "$PY"); device $device; $(date -u +%FT%TZ)"
