@@ -61,25 +61,27 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "attribution": {
         "sequence": {"task": "attribution.sequence",
-                     "params": {"model": "{causal}", "prompts": "builtin", "max_prompts": 2, "max_new_tokens": 3,
-                                "stride": 1, "max_steps": 20, "num_probes": 3, "keep_top_n": 2,
+                     "params": {"model": "{causal}", "prompts": "builtin", "max_prompts": 1, "max_new_tokens": 2,
+                                "stride": 1, "max_steps": 10, "num_probes": 3, "keep_top_n": 2,
                                 "method": {"grid": ["reagent", "norm", "attention", "attention_rollout",
                                                     "integrated_gradients", "input_x_gradient"]}}},
     },
     "editing": {
         "trace": {"task": "editing.causal_trace",
-                  "params": {"model": "{causal}", "fact_indices": [0, 1], "sites": ["hidden", "mlp"],
-                             "window": 2, "samples": 4}},
+                  "params": {"model": "{causal}", "fact_indices": [0], "sites": ["hidden"],
+                             "window": 2, "samples": 2, "only_correct": False}},
         "rome": {"task": "editing.rome",
                  "params": {"model": "{causal}", "fact": 0, "layer": 1, "clamp_norm_factor": 4.0,
-                            "v_weight_decay": 0.5, "template_lengths": [[5, 5]], "cov_ridge": 1.0e-3}},
+                            "v_weight_decay": 0.5, "template_lengths": [[5, 5]], "cov_ridge": 1.0e-3,
+                            "cov_docs": 40, "max_length": 64, "v_num_grad_steps": 10}},
     },
     "diversity": {
         "next_token": {"task": "diversity.next_token",
-                       "params": {"model": "{causal}", "dataset": "builtin", "batch_size": 8}},
+                       "params": {"model": "{causal}", "dataset": "builtin", "batch_size": 8, "max_docs": 16,
+                                  "max_length": 64}},
         "completions": {"task": "diversity.completions",
                         "params": {"model": "{causal}", "prompt_set": "factual", "temperature": 1.0,
-                                   "n_samples": 4, "batch_size": 4, "max_new_tokens": 8}},
+                                   "max_prompts": 2, "n_samples": 4, "batch_size": 4, "max_new_tokens": 8}},
     },
     "probing": {
         "noise": {"task": "probing.subject_noise",
@@ -469,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
           "cpu-float32 (where)")
     for family, mode, ok, bad, wall, worst, where in rows:
         print(f"{family:<12} {mode:<16} {ok:>4} {bad:>6} {wall:>8.1f}  {worst:<10.3g} ({where})")
+    print("Float32 on another device differs by rounding, and where a task samples (ReAGent's and the soft "
+          "metrics' masks, completions, noise, random features) also by the device's random numbers: torch "
+          "generators on cuda draw other numbers than on cpu for the same seed.")
     if skipped:
         print(f"NOT RUN (time budget): {', '.join(skipped)}")
     print(f"model: {said}")
