@@ -396,7 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run this spec file for FAMILY instead of the built-in list (repeatable)")
     parser.add_argument("--out", default="/tmp/gpu_check", help="results, specs and the model copy go here")
     parser.add_argument("--keep", action="store_true", help="keep earlier results in --out (default: start afresh)")
-    parser.add_argument("--budget-s", type=float, default=330.0,
+    parser.add_argument("--budget-s", type=float, default=270.0,
                         help="start no further family after this many seconds (the summary still prints)")
     return parser.parse_args(argv)
 

@@ -123,7 +123,7 @@ tests_rc=0
 if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
     echo "== CUDA tests (pytest -m gpu tests/gpu)"
     if "$PY" -c 'import pytest' 2>/dev/null; then
-        timeout 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/gpu; tests_rc=$?
+        timeout 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/gpu; tests_rc=$?
         [ $tests_rc = 5 ] && tests_rc=0  # none collected
     else
         echo "pytest is missing and no pytest wheel came along: CUDA tests NOT RUN"; tests_rc=1
@@ -132,7 +132,7 @@ if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
 fi
 
 echo "== families through the inline executor"
-timeout "${GPU_CHECK_TIMEOUT:-420}" "$PY" scripts/gpu_check.py "$@"; check_rc=$?
-[ $check_rc = 124 ] && echo "gpu_check.py ran past ${GPU_CHECK_TIMEOUT:-420} s and was stopped"
+timeout "${GPU_CHECK_TIMEOUT:-360}" "$PY" scripts/gpu_check.py "$@"; check_rc=$?
+[ $check_rc = 124 ] && echo "gpu_check.py ran past ${GPU_CHECK_TIMEOUT:-360} s and was stopped"
 echo "== gpu_check done in $((SECONDS - started)) s: CUDA tests rc $tests_rc, families rc $check_rc"
 [ $tests_rc = 0 ] && [ $check_rc = 0 ]
