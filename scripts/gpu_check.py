@@ -43,7 +43,8 @@ STASH_DIR = Path(os.environ.get("GPU_CHECK_STASH", "/tmp/gpu_check_stash"))  # p
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = {"causal": "tiny-llama", "encoder": "tiny-bert"}  # causal: the Llama layout, as SmolLM2's
 
-# One small spec per family: its SmolLM2 checks, sized to run in seconds per mode on a GPU.
+# One small spec per family: its SmolLM2 checks, sized to run in seconds per mode on a GPU. Editing last:
+# its causal trace (a forward pass per token and layer) is the slowest CPU reference (over 16 min on 2 busy cores).
 # `{causal}` / `{encoder}` become the model (encoders load with AutoModel: a causal LM's base model).
 FAMILIES: dict[str, dict[str, Any]] = {
     "embedding": {
@@ -66,15 +67,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
                                 "method": {"grid": ["reagent", "norm", "attention", "attention_rollout",
                                                     "integrated_gradients", "input_x_gradient"]}}},
     },
-    "editing": {
-        "trace": {"task": "editing.causal_trace",
-                  "params": {"model": "{causal}", "fact_indices": [0], "sites": ["hidden"],
-                             "window": 2, "samples": 2, "only_correct": False}},
-        "rome": {"task": "editing.rome",
-                 "params": {"model": "{causal}", "fact": 0, "layer": 1, "clamp_norm_factor": 4.0,
-                            "v_weight_decay": 0.5, "template_lengths": [[5, 5]], "cov_ridge": 1.0e-3,
-                            "cov_docs": 40, "max_length": 64, "v_num_grad_steps": 10}},
-    },
     "diversity": {
         "next_token": {"task": "diversity.next_token",
                        "params": {"model": "{causal}", "dataset": "builtin", "batch_size": 8, "max_docs": 16,
@@ -89,6 +81,15 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "swap": {"task": "probing.embedding_swap",
                  "params": {"model": "{causal}", "variants": ["space_lower"], "mode": "swap",
                             "output": "keep"}},
+    },
+    "editing": {
+        "trace": {"task": "editing.causal_trace",
+                  "params": {"model": "{causal}", "fact_indices": [0], "sites": ["hidden"],
+                             "window": 2, "samples": 2, "only_correct": False}},
+        "rome": {"task": "editing.rome",
+                 "params": {"model": "{causal}", "fact": 0, "layer": 1, "clamp_norm_factor": 4.0,
+                            "v_weight_decay": 0.5, "template_lengths": [[5, 5]], "cov_ridge": 1.0e-3,
+                            "cov_docs": 40, "max_length": 64, "v_num_grad_steps": 10}},
     },
 }
 CAPTUM_METHODS = ("integrated_gradients", "input_x_gradient", "gradient_shap")
