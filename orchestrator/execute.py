@@ -8,6 +8,7 @@ the chunk or the sweep.
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import signal
@@ -32,6 +33,7 @@ from orchestrator.spec import Retries
 from orchestrator.steps import LocalChannel, StepChannel, StopRule
 
 SCALARS = (str, int, float, bool, type(None))
+DEVICE_ENV = "INTERP_SWEEPS_DEVICE"  # the inline executor's device for every run ("cuda", "cuda:1", "cpu")
 
 
 @dataclass
@@ -227,8 +229,10 @@ class SetupCache:
         return state
 
 
-def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> RunResult:
-    """Run one task call and capture everything about it; never raises for task failures."""
+def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int], device: str | None = None) -> RunResult:
+    """Run one task call and capture everything about it; never raises for task failures.
+
+    `device` (the inline executor's) overrides the one Ray's GPU assignment gives (`run_device`)."""
     started, clock = time.time(), time.perf_counter()
     work = _work_root() / f"{payload.run_id}-{payload.attempt}"
     artifact_tmp, scratch = work / "artifacts", work / "scratch"
@@ -237,7 +241,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         seed=payload.seed,
         artifact_path=artifact_tmp,
         scratch_path=scratch,
-        device=run_device(gpu_ids),
+        device=device or run_device(gpu_ids),
         gpu_ids=list(gpu_ids),
         upstream=payload.upstream,
     )
@@ -281,7 +285,7 @@ def execute_run(payload: RunPayload, cache: SetupCache, gpu_ids: list[int]) -> R
         if not keep_work and work.exists():
             shutil.rmtree(work, ignore_errors=True)
     result.duration_s = time.perf_counter() - clock
-    result.gpu = _gpu_name(gpu_ids)
+    result.gpu = _gpu_name(gpu_ids or ([0] if ctx.device.startswith("cuda") else []))
     return result
 
 
@@ -336,7 +340,7 @@ def _publish_local(target: Path, source: Path) -> None:
 def node_name() -> str:
     """host:ray-node-id (short), unique per node even when several nodes share a host."""
     host = socket.gethostname()
-    if "ray" not in sys.modules:
+    if sys.modules.get("ray") is None:  # not imported (or blocked: None)
         return host
     import ray
 
@@ -350,7 +354,7 @@ def node_name() -> str:
 
 def current_gpu_ids() -> list[int]:
     """GPU ids Ray assigned to this worker ([] outside Ray or without GPUs)."""
-    if "ray" not in sys.modules:
+    if sys.modules.get("ray") is None:  # not imported (or blocked: None)
         return []
     import ray
 
@@ -455,12 +459,22 @@ class InlineExecutor:
 
     Exceptions are retried `retries.errors` times as on Ray; there are no system failures to retry
     (a crash here is a crash of the driver). The memory limit is not applied: it would cap the driver.
+
+    The runs' `ctx.device`: `device` if given, else $INTERP_SWEEPS_DEVICE if set, else, as on Ray, "cuda"
+    for a stage that reserves GPUs (`resources.num_gpus`) when torch sees one, and "cpu" otherwise.
     """
 
     name = "inline"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
         self.cache = SetupCache()
+        self.device = device or os.environ.get(DEVICE_ENV) or None
+
+    def run_device(self, resources: Any) -> str:
+        """The device this executor's runs of a stage with these `resources` get."""
+        if self.device:
+            return self.device
+        return run_device([0] if getattr(resources, "num_gpus", 0) else [])
 
     def slots(self, resources: Any) -> int:
         return 1
@@ -472,6 +486,7 @@ class InlineExecutor:
             on_tick: Callable[[], None] | None = None) -> int:
         """Drive every item of `source` to a final result; returns the setups (model loads) performed."""
         loads_before = self.cache.loads
+        device = self.run_device(stage.resources)
         while not source.exhausted:
             items = source.take(1)
             if not items:
@@ -479,7 +494,7 @@ class InlineExecutor:
             item = items[0]
             while True:
                 payload = RunPayload(**{**item.payload.__dict__, "memory_bytes": None})
-                result = execute_run(payload, self.cache, [])
+                result = execute_run(payload, self.cache, [], device=device)
                 if retry_as_system_failure(item, result, stage.retries):
                     item.system_failures += 1
                     item.payload.attempt += 1
