@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000,50000,200000] [--bare 10000]
 
-Each size runs in a fresh driver process (plan, a local Ray started there, schedule, store) that reports
-its own peak RSS (`ru_maxrss`: the driver only, not Ray's processes) and its wall time. Bare Ray (one
+Each size runs in a fresh driver process (a local Ray started there first, then the sweep: plan, schedule,
+store, timed) that reports its own peak RSS (`ru_maxrss`: the driver only, not Ray's processes). Bare Ray (one
 `num_cpus=1` task per run, the better of all-at-once and a window of 100) is measured on `--bare` runs
 and extrapolated linearly to each size.
 """
@@ -28,9 +28,13 @@ from orchestrator.api import run_spec
 def one_driver(n: int) -> None:
     """Run the n-run stage in this process; print wall and peak RSS as JSON."""
     spec = write_spec(f"name: scale\nstages:\n  s: {{task: demo.noop, params: {{i: {{range: [0, {n}]}}}}}}\n")
-    start = time.perf_counter()
-    (outcome,) = run_spec(spec, tempfile.mkdtemp(prefix="bench-scale-"))
-    wall = time.perf_counter() - start
+    cluster.connect()  # as in overhead.py: the wall is the sweep's (plan, schedule, store), not Ray's start
+    try:
+        start = time.perf_counter()
+        (outcome,) = run_spec(spec, tempfile.mkdtemp(prefix="bench-scale-"))
+        wall = time.perf_counter() - start
+    finally:
+        cluster.shutdown()
     assert outcome.ok == n, outcome
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"n": n, "wall_s": wall, "peak_rss_mb": peak_mb}))

@@ -16,7 +16,7 @@ import math
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,7 +118,7 @@ def trial_runs(stage: StagePlan, trials: list[Trial]) -> list[Run]:
 
 
 def known_runs(plan: SweepPlan, store: ResultStore, name: str,
-               resolved: dict[str, list[Run] | None]) -> list[Run] | None:
+               resolved: Mapping[str, Collection[Run] | None]) -> list[Run] | None:
     """The runs of stage `name` as far as they can be known now (None: not until upstream runs exist)."""
     stage = plan.stages[name]
     if stage.kind == "tune":
@@ -134,6 +134,15 @@ def known_runs(plan: SweepPlan, store: ResultStore, name: str,
     return list(stage.runs.values())
 
 
+def planned_runs(plan: SweepPlan, store: ResultStore, name: str,
+                 resolved: Mapping[str, Collection[Run] | None]) -> Collection[Run] | None:
+    """`known_runs`, without listing a linked grid stage's runs: the plan may make them as they are read."""
+    stage = plan.stages[name]
+    if stage.kind == "grid" and stage.linked:
+        return stage.runs.values()
+    return known_runs(plan, store, name, resolved)
+
+
 # ---------------------------------------------------------------- one stage
 
 
@@ -141,12 +150,12 @@ class StageRun:
     """Executes one stage's work and stores every result: the single path of every run."""
 
     def __init__(self, plan: SweepPlan, store: ResultStore, stage: StagePlan, options: RunOptions,
-                 progress: ProgressSink, resolved: dict[str, list[Run] | None], scratch: Path,
+                 progress: ProgressSink, resolved: Mapping[str, Collection[Run] | None], scratch: Path,
                  tracking: Tracking | None = None, alongside: dict[str, StageRun] | None = None) -> None:
         """`alongside`: the stages before this one that run together with it (it streams from them)."""
         self.plan, self.store, self.stage, self.options, self.progress = plan, store, stage, options, progress
         self.resolved, self.scratch, self.tracking = resolved, scratch, tracking
-        self.states = store.run_states(stage.name)  # kept current: a stage streaming from this one reads it
+        self.states = store.run_states(stage.name)  # kept current while a stage streams from this one
         self.kinds = ColumnKinds(store.column_kinds(stage.name))
         self.outcome = StageOutcome(stage.name)
         self.writer = RowWriter(store, stage.name, options.flush_rows, options.flush_s,
@@ -274,7 +283,8 @@ class StageRun:
             if self.channel is not None and group is not None:
                 state = OK if result.status == OK else PRUNED if result.status == PRUNED else FAILED
                 self.channel.finished(group, run.run_id, state, known.values[0])
-        self.states[run.run_id] = RunState(str(rows[0]["status"]), result.attempt)
+        if self.dependents:  # (only then: a million-run stage keeps nothing per stored run)
+            self.states[run.run_id] = RunState(str(rows[0]["status"]), result.attempt)
         self.last_result_at = time.perf_counter()
         self.outcome.executed += 1
         if result.status == OK:
@@ -433,7 +443,7 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
             executor = connect()
         return executor
 
-    resolved: dict[str, list[Run] | None] = {}
+    resolved: dict[str, Collection[Run] | None] = {}
     outcomes = []
     scratch = store.scratch_dir()
     tracking = None
@@ -444,15 +454,15 @@ def run_sweep(plan: SweepPlan, store: ResultStore, connect: Callable[[], Executo
         with SweepLock(store):
             store.quarantine = True  # unreadable parts are moved aside only by the driver holding the lock
             store.remove_stale_temporaries()
-            wave: list[tuple[StageRun, list[Run]]] = []  # stages that will run together
+            wave: list[tuple[StageRun, Collection[Run]]] = []  # stages that will run together
             for name in plan.order:
                 if name not in selected:
-                    resolved[name] = known_runs(plan, store, name, resolved)
+                    resolved[name] = planned_runs(plan, store, name, resolved)
                     continue
                 stage = plan.stages[name]
                 _refuse_foreign_results(store, stage, options.force)
                 # running a grid or transfer stage stores its runs; it does not change which runs it has
-                runs = None if stage.kind == "tune" else known_runs(plan, store, name, resolved)
+                runs = None if stage.kind == "tune" else planned_runs(plan, store, name, resolved)
                 if wave and (runs is None or not _streams(stage, [r.stage for r, _ in wave], options)):
                     _run_wave(wave, ensure_executor)
                     outcomes += [runner.outcome for runner, _ in wave]
@@ -502,7 +512,7 @@ def _streams(stage: StagePlan, wave: list[StagePlan], options: RunOptions) -> bo
             and all(s.stage.timeout_s is None for s in [*wave, stage]))
 
 
-def _run_wave(wave: list[tuple[StageRun, list[Run]]], ensure_executor: Callable[[], Executor]) -> None:
+def _run_wave(wave: list[tuple[StageRun, Collection[Run]]], ensure_executor: Callable[[], Executor]) -> None:
     """Run grid and transfer stages together: a run starts once the upstream runs it reads are finished."""
     runners = {runner.stage.name: runner for runner, _ in wave}
     for runner, runs in wave:
