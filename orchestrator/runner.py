@@ -242,6 +242,8 @@ class StageRun:
 
     def unfinished_upstream(self, run: Run) -> set[str]:
         """The upstream runs `run` reads that a stage running alongside has yet to finish."""
+        if not self.alongside:
+            return set()
         return {run_id for need, ids in run.upstream.items() if need in self.alongside
                 for run_id in ids if run_id in self.alongside[need].unfinished}
 
@@ -260,14 +262,13 @@ class StageRun:
         if result.warnings:
             logfile.run_warnings(run.run_id, result.warnings)
         rows = result_rows(run, result, code_state(run.target), package_versions())
-        problem = self.kinds.problem(rows)
+        problem = self.kinds.admit(rows)
         if problem is not None:  # a value Parquet cannot hold beside the stage's other rows: a failure row
             result.status, result.error_type, result.error, result.rows = FAILED, BAD_OUTPUT, problem, []
             rows = result_rows(run, result, code_state(run.target), package_versions())
-            if self.kinds.problem(rows) is not None:
-                raise StoreError(f"{self.store.stage_dir(self.stage.name)}: cannot store run {run.run_id}: "
-                                 f"{self.kinds.problem(rows)}")
-        self.kinds.accept(rows)
+            problem = self.kinds.admit(rows)
+            if problem is not None:
+                raise StoreError(f"{self.store.stage_dir(self.stage.name)}: cannot store run {run.run_id}: {problem}")
         if result.artifact_dir:  # before the rows: a stored row's artifacts are always in place
             self.store.publish_artifacts(run.run_id, Path(result.artifact_dir))
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
