@@ -58,6 +58,9 @@ GpusOpt = Annotated[float | None, typer.Option("--num-gpus", help="(Logical) GPU
 StageOpt = Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into stages that hold another task's results "
                                         "(another spec with this sweep name).")]
+BarrierOpt = Annotated[bool, typer.Option("--stage-barrier", help="Start each stage only once every stage "
+                                          "before it has ended (default: a downstream run starts as soon as the "
+                                          "upstream runs it reads are stored).")]
 TrackOpt = Annotated[list[str] | None, typer.Option("--track", help="Log each stored run to an experiment tracker: "
                                                    "mlflow, tensorboard, wandb (repeatable or a comma list; adds "
                                                    "to the spec's `tracking: {backends: [...]}`).")]
@@ -94,6 +97,7 @@ class Invocation:
     verbose: bool = False
     track: list[str] = field(default_factory=list)
     track_dir: str | None = None
+    stage_barrier: bool = False
 
     def command(self, name: str) -> str:
         """This invocation as the shell command `orchestrator <name> ...`, every given option repeated."""
@@ -110,7 +114,9 @@ class Invocation:
             words += ["--track", backend]
         if self.track_dir is not None:
             words += ["--track-dir", self.track_dir]
-        return shlex.join(words) + (" --force" if self.force else "") + (" -v" if self.verbose else "")
+        flags = [flag for flag, given in (("--stage-barrier", self.stage_barrier), ("--force", self.force),
+                                          ("-v", self.verbose)) if given]
+        return shlex.join(words + flags)
 
 
 def _load(call: Invocation, remembered: bool = False) -> tuple[SweepPlan, ResultStore]:
@@ -292,7 +298,8 @@ def _execute(call: Invocation, retry: bool) -> None:
         log = logfile.start(store.log_dir(), "retry" if retry else "run", call.verbose)
         clock = time.perf_counter()
         connector = Connector(sweep, call.executor, call.address, call.num_cpus, call.num_gpus, call.stages or None)
-        options = RunOptions(retry=retry, stages=call.stages or None, force=call.force, tracking=tracking)
+        options = RunOptions(retry=retry, stages=call.stages or None, force=call.force, tracking=tracking,
+                             stage_barrier=call.stage_barrier)
         outcomes = run_sweep(sweep, store, connector, options, progress)
         progress.close()
         executed = sum(o.executed for o in outcomes)
@@ -324,26 +331,26 @@ def _execute(call: Invocation, retry: bool) -> None:
 def run(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
         num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
         executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False, track: TrackOpt = None,
-        track_dir: TrackDirOpt = None) -> None:
+        track_dir: TrackDirOpt = None, stage_barrier: BarrierOpt = False) -> None:
     """Run every run not yet stored. Safe to stop and re-run: finished runs are never recomputed.
 
     Saves the resolved spec (after overrides) under <results>/<sweep>/specs/.
     """
     _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
-                        verbose, track or [], track_dir), retry=False)
+                        verbose, track or [], track_dir, stage_barrier), retry=False)
 
 
 @app.command()
 def retry(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = None, address: AddressOpt = None,
           num_cpus: CpusOpt = None, num_gpus: GpusOpt = None, stage: StageOpt = None,
           executor: ExecutorOpt = "ray", force: ForceOpt = False, verbose: VerboseOpt = False,
-          track: TrackOpt = None, track_dir: TrackDirOpt = None) -> None:
+          track: TrackOpt = None, track_dir: TrackDirOpt = None, stage_barrier: BarrierOpt = False) -> None:
     """Re-run the runs whose latest attempt failed (and any not yet run); earlier attempts stay as history.
 
     Without overrides, uses those of the latest `run` of this spec (it says so).
     """
     _execute(Invocation(spec, overrides or [], results, address, num_cpus, num_gpus, stage or [], executor, force,
-                        verbose, track or [], track_dir), retry=True)
+                        verbose, track or [], track_dir, stage_barrier), retry=True)
 
 
 def _tracking(call: Invocation) -> TrackingOptions:

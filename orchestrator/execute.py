@@ -20,7 +20,7 @@ import time
 import traceback
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,7 +393,8 @@ class WorkItem:
 
 
 class WorkSource(Protocol):
-    """Where an executor pulls a stage's work from: a fixed list, or a search that proposes as it learns."""
+    """Where an executor pulls a stage's work from: its runs (each once the upstream runs it reads are
+    stored), or a search that proposes as it learns."""
 
     @property
     def exhausted(self) -> bool:
@@ -406,28 +407,8 @@ class WorkSource(Protocol):
         ...
 
     def take(self, n: int) -> list[WorkItem]:
-        """Up to `n` items ready now (fewer, or none, while a search waits for results)."""
+        """Up to `n` items ready now (fewer, or none, while a search or an upstream stage is not done)."""
         ...
-
-
-class ListSource:
-    """A fixed sequence of work items."""
-
-    def __init__(self, items: list[WorkItem]) -> None:
-        self.items, self.position = items, 0
-
-    @property
-    def exhausted(self) -> bool:
-        return self.position >= len(self.items)
-
-    @property
-    def remaining(self) -> int:
-        return len(self.items) - self.position
-
-    def take(self, n: int) -> list[WorkItem]:
-        chunk = self.items[self.position : self.position + n]
-        self.position += len(chunk)
-        return chunk
 
 
 OnResult = Callable[[WorkItem, RunResult], None]
@@ -442,6 +423,15 @@ class StageExecution:
     retries: Retries
     max_workers: int | None = None
     timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One stage's share of an executor's work: several lanes run at once when stages stream."""
+
+    stage: StageExecution
+    source: WorkSource
+    on_result: OnResult
 
 
 def retry_as_system_failure(item: WorkItem, result: RunResult, retries: Retries) -> bool:
@@ -482,31 +472,42 @@ class InlineExecutor:
     def step_channel(self, rule: StopRule | None) -> StepChannel:
         return LocalChannel(rule)
 
-    def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
-            on_tick: Callable[[], None] | None = None) -> int:
-        """Drive every item of `source` to a final result; returns the setups (model loads) performed."""
-        loads_before = self.cache.loads
-        device = self.run_device(stage.resources)
-        while not source.exhausted:
-            items = source.take(1)
-            if not items:
-                raise RuntimeError("the work source has nothing to run and nothing in flight")
-            item = items[0]
-            while True:
-                payload = RunPayload(**{**item.payload.__dict__, "memory_bytes": None})
-                result = execute_run(payload, self.cache, [], device=device)
-                if retry_as_system_failure(item, result, stage.retries):
-                    item.system_failures += 1
-                    item.payload.attempt += 1
-                    time.sleep(min(stage.retries.backoff_s * 2 ** (item.system_failures - 1), 60.0))
-                    continue
-                if retry_as_error(item, result, stage.retries):
-                    item.errors += 1
-                    item.payload.attempt += 1
-                    time.sleep(min(stage.retries.backoff_s * 2 ** (item.errors - 1), 60.0))
-                    continue
-                on_result(item, result)
-                break
+    def run(self, lanes: Sequence[Lane], on_tick: Callable[[], None] | None = None) -> list[int]:
+        """Drive every item of every lane to a final result; returns each lane's setups (model loads).
+
+        The most downstream lane with an item ready goes first, so a streamed stage's rows land early.
+        """
+        loads = [0] * len(lanes)
+        while True:
+            open_lanes = [i for i, lane in enumerate(lanes) if not lane.source.exhausted]
+            if not open_lanes:
+                return loads
+            for i in reversed(open_lanes):
+                items = lanes[i].source.take(1)
+                if items:
+                    break
+            else:
+                raise RuntimeError("the work sources have nothing to run and nothing in flight")
+            before = self.cache.loads
+            self._execute(lanes[i], items[0])
+            loads[i] += self.cache.loads - before
             if on_tick:
                 on_tick()
-        return self.cache.loads - loads_before
+
+    def _execute(self, lane: Lane, item: WorkItem) -> None:
+        """One run, retried as on Ray, its final result handed to the lane."""
+        while True:
+            payload = RunPayload(**{**item.payload.__dict__, "memory_bytes": None})
+            result = execute_run(payload, self.cache, [], device=self.run_device(lane.stage.resources))
+            if retry_as_system_failure(item, result, lane.stage.retries):
+                item.system_failures += 1
+                item.payload.attempt += 1
+                time.sleep(min(lane.stage.retries.backoff_s * 2 ** (item.system_failures - 1), 60.0))
+                continue
+            if retry_as_error(item, result, lane.stage.retries):
+                item.errors += 1
+                item.payload.attempt += 1
+                time.sleep(min(lane.stage.retries.backoff_s * 2 ** (item.errors - 1), 60.0))
+                continue
+            lane.on_result(item, result)
+            return

@@ -4,6 +4,8 @@
   `target_chunk_s` of work, so 10,000 millisecond runs cost far less than 10,000 bare Ray tasks.
 - Tasks with a `setup` (a model): a pool of long-lived actors, each keeping its loaded setups; a chunk
   of runs sharing a setup key goes to the actor that already holds that key when one is free.
+- Stages that stream (a downstream stage starting before its upstream stage ends) share one loop
+  (`drive`): one scheduler per stage, each with its own window, the cluster shared by Ray.
 - System failures (worker or node died, OOM kill) are retried up to `retries.system` times with
   exponential backoff, one run per task so a poison run cannot take its neighbours down; exceptions
   in the task are retried only `retries.errors` times. A run that still fails becomes a failure row.
@@ -15,7 +17,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator import cluster
 from orchestrator.execute import (
+    Lane,
     OnResult,
     RunPayload,
     RunResult,
@@ -162,12 +165,46 @@ class RayExecutor:
     def step_channel(self, rule: StopRule | None) -> StepChannel:
         return RayChannel(rule)
 
-    def run(self, stage: StageExecution, source: WorkSource, on_result: OnResult,
-            on_tick: Callable[[], None] | None = None) -> int:
-        """Drive every item of `source` to a final result; returns the setups (model loads) performed."""
-        scheduler = StageScheduler(stage, self.slots(stage.resources), on_result, self.config, on_tick)
-        scheduler.run(source)
-        return scheduler.setup_loads
+    def run(self, lanes: Sequence[Lane], on_tick: Callable[[], None] | None = None) -> list[int]:
+        """Drive every item of every lane to a final result; returns each lane's setups (model loads)."""
+        schedulers = [StageScheduler(lane.stage, self.slots(lane.stage.resources), lane.source, lane.on_result,
+                                     self.config) for lane in lanes]
+        drive(schedulers, on_tick)
+        return [scheduler.setup_loads for scheduler in schedulers]
+
+
+def drive(schedulers: list[StageScheduler], on_tick: Callable[[], None] | None = None) -> None:
+    """Run several stages' schedulers in one loop (stages that stream), each until its source is done.
+
+    A stage that is done releases its actors at once: a stage still running may need their resources.
+    """
+    active = list(schedulers)
+    while True:
+        for scheduler in active:
+            scheduler.fill()
+        for scheduler in [s for s in active if s.done]:
+            scheduler.close()
+            active.remove(scheduler)
+        if not active:
+            return
+        owners = {ref: scheduler for scheduler in active for ref in scheduler.in_flight}
+        if not owners:
+            retry_at = min((s.retry_heap[0][0] for s in active if s.retry_heap), default=None)
+            if retry_at is None:
+                raise RuntimeError("the work sources have nothing to run and nothing in flight")
+            time.sleep(max(0.0, min(0.5, retry_at - time.perf_counter())))
+            continue
+        refs = list(owners)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+        if ready and len(refs) > 1:
+            more, _ = ray.wait([r for r in refs if r not in ready], num_returns=len(refs) - 1, timeout=0)
+            ready += more
+        for ref in ready:
+            owners[ref].collect(ref)
+        for scheduler in active:
+            scheduler.stop_overdue()
+        if on_tick:
+            on_tick()
 
 
 class StageScheduler:
@@ -177,9 +214,9 @@ class StageScheduler:
         self,
         stage: StageExecution,
         slots: int,
+        source: WorkSource,
         on_result: OnResult,
         config: SchedulerConfig | None = None,
-        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.task, self.resources, self.retries = stage.task, stage.resources, stage.retries
         self.timeout_s = stage.timeout_s
@@ -187,7 +224,7 @@ class StageScheduler:
         max_workers = stage.max_workers
         self.slots = max(1, min(slots, max_workers) if max_workers else slots)
         self.max_workers = max_workers
-        self.on_result, self.on_tick = on_result, on_tick
+        self.source, self.on_result = source, on_result
         self.uses_actors = self.task.setup is not None
         self.options = cluster.ray_options(self.resources)
         self.mean_run_s: float | None = None
@@ -198,6 +235,11 @@ class StageScheduler:
         self.actor_load: dict[Any, int] = {}
         self.actor_key: dict[Any, Any] = {}
         self.setup_loads = 0
+        self.queued: dict[Any, deque[WorkItem]] = {}  # setup key -> items waiting (actors) or one queue
+        self.lookahead = 0  # items taken from the source, not yet submitted
+        # max_workers is a hard cap on concurrent runs; otherwise keep a few chunks queued per slot
+        # With a time limit nothing queues behind a running chunk, so a chunk's clock starts when it runs.
+        self.window = self.max_workers or self.slots * (1 if self.timeout_s else self.config.chunks_per_slot)
 
     # ---------------------------------------------------------------- sizing
     def _chunk_size(self, remaining: int) -> int:
@@ -238,96 +280,76 @@ class StageScheduler:
         self.actor_key[actor] = items[0].setup_key
 
     # ---------------------------------------------------------------- the loop
-    def run(self, source: WorkSource) -> None:
-        """Drive every item of `source` to a final result."""
-        queued: dict[Any, deque[WorkItem]] = {}  # setup key -> items waiting (actors) or one queue
-        # max_workers is a hard cap on concurrent runs; otherwise keep a few chunks queued per slot
-        # With a time limit nothing queues behind a running chunk, so a chunk's clock starts when it runs.
-        window = self.max_workers or self.slots * (1 if self.timeout_s else self.config.chunks_per_slot)
-        lookahead = 0
+    @property
+    def done(self) -> bool:
+        """Every item of the source has had its final result."""
+        return not self.in_flight and not self.queued and not self.retry_heap and self.source.exhausted
 
-        def pull(n: int) -> None:
-            nonlocal lookahead
-            items = source.take(n)
-            for item in items:
-                queued.setdefault(item.setup_key, deque()).append(item)
-            lookahead += len(items)
+    def fill(self) -> None:
+        """Submit chunks until the window is full or nothing is ready (due retries first)."""
+        now = time.perf_counter()
+        while self.retry_heap and self.retry_heap[0][0] <= now:
+            _, _, item = heapq.heappop(self.retry_heap)
+            self.queued.setdefault(item.setup_key, deque()).appendleft(item)
+            self.lookahead += 1
+        while len(self.in_flight) < self.window:
+            size = self._chunk_size(max(self.source.remaining + self.lookahead, 1))
+            if not self.source.exhausted and self.lookahead < max(size * 2, 64):
+                self._pull(max(size * 4, 256))
+            if not self.queued:
+                break
+            if not self._dispatch(size):
+                break
 
-        def take(key: Any, n: int) -> list[WorkItem]:
-            nonlocal lookahead
-            queue = queued[key]
-            if queue[0].system_failures:  # a retried run goes alone: it may be what killed the worker
-                n = 1
-            chunk = [queue.popleft() for _ in range(min(n, len(queue)))]
-            if not queue:
-                del queued[key]
-            lookahead -= len(chunk)
-            return chunk
+    def _pull(self, n: int) -> None:
+        items = self.source.take(n)
+        for item in items:
+            self.queued.setdefault(item.setup_key, deque()).append(item)
+        self.lookahead += len(items)
 
-        while True:
-            now = time.perf_counter()
-            while self.retry_heap and self.retry_heap[0][0] <= now:
-                _, _, item = heapq.heappop(self.retry_heap)
-                queued.setdefault(item.setup_key, deque()).appendleft(item)
-                lookahead += 1
-            while len(self.in_flight) < window:
-                size = self._chunk_size(max(source.remaining + lookahead, 1))
-                if not source.exhausted and lookahead < max(size * 2, 64):
-                    pull(max(size * 4, 256))
-                if not queued:
-                    break
-                if not self._dispatch(take, queued, size):
-                    break
-            if not self.in_flight:
-                if not queued and source.exhausted and not self.retry_heap:
-                    break
-                if self.retry_heap:
-                    time.sleep(max(0.0, min(0.5, self.retry_heap[0][0] - time.perf_counter())))
-                elif not queued:
-                    raise RuntimeError("the work source has nothing to run and nothing in flight")
-                continue
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
-            if ready:
-                more, _ = ray.wait([r for r in self.in_flight if r not in ready], num_returns=len(self.in_flight) - 1,
-                                   timeout=0) if len(self.in_flight) > 1 else ([], [])
-                ready += more
-            for ref in ready:
-                self._collect(ref)
-            self._stop_overdue()
-            if self.on_tick:
-                self.on_tick()
+    def _take(self, key: Any, n: int) -> list[WorkItem]:
+        queue = self.queued[key]
+        if queue[0].system_failures:  # a retried run goes alone: it may be what killed the worker
+            n = 1
+        chunk = [queue.popleft() for _ in range(min(n, len(queue)))]
+        if not queue:
+            del self.queued[key]
+        self.lookahead -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Count the actors' setups, then release them (and the resources they hold)."""
         self.setup_loads = self.actor_setup_loads()
         for actor in list(self.actors):
             self._drop_actor(actor)
 
-    def _dispatch(self, take: Callable[[Any, int], list[WorkItem]], queued: dict[Any, deque[WorkItem]],
-                  size: int) -> bool:
+    def _dispatch(self, size: int) -> bool:
         """Submit one chunk; False when nothing can be submitted now."""
         if not self.uses_actors:
-            key = next(iter(queued))
-            self._submit_stateless(take(key, size))
+            key = next(iter(self.queued))
+            self._submit_stateless(self._take(key, size))
             return True
         free = [a for a in self.actors if self.actor_load[a] < (1 if self.timeout_s else 2)]
         busy_keys = {self.actor_key.get(a) for a in self.actors if self.actor_load[a] > 0}
         # 1. a free actor already holding a queued key
         for actor in free:
             key = self.actor_key.get(actor, _NO_KEY)
-            if key in queued:
-                self._submit_actor(actor, take(key, size))
+            if key in self.queued:
+                self._submit_actor(actor, self._take(key, size))
                 return True
         # 2. a key nobody is serving: a new actor if the pool may grow, else a free idle actor
-        unserved = [k for k in queued if k not in busy_keys] or list(queued)
-        key = max(unserved, key=lambda k: len(queued[k]))
-        if len(self.actors) < self.slots and (key not in busy_keys or len(queued[key]) > size):
-            self._submit_actor(self._new_actor(), take(key, size))
+        unserved = [k for k in self.queued if k not in busy_keys] or list(self.queued)
+        key = max(unserved, key=lambda k: len(self.queued[k]))
+        if len(self.actors) < self.slots and (key not in busy_keys or len(self.queued[key]) > size):
+            self._submit_actor(self._new_actor(), self._take(key, size))
             return True
         idle = [a for a in free if self.actor_load[a] == 0]
         if idle:
-            self._submit_actor(idle[0], take(key, size))
+            self._submit_actor(idle[0], self._take(key, size))
             return True
         return False
 
-    def _collect(self, ref: Any) -> None:
+    def collect(self, ref: Any) -> None:
         """Handle a finished chunk: final results to `on_result`, retries to the retry heap."""
         chunk = self.in_flight.pop(ref)
         if chunk.actor is not None and chunk.actor in self.actor_load:
@@ -355,7 +377,7 @@ class StageScheduler:
                 continue
             self.on_result(item, result)
 
-    def _stop_overdue(self) -> None:
+    def stop_overdue(self) -> None:
         """The backstop for runs a worker could not interrupt (stuck outside Python): a chunk still running
         well past its time limit has its worker killed (an actor is replaced, its model reloaded), and its
         runs are failures of type `timeout`, retried as system failures."""

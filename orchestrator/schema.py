@@ -120,25 +120,29 @@ class ColumnKinds:
     def __init__(self, kinds: dict[str, str | None] | None = None) -> None:
         self.kinds: dict[str, str | None] = dict(kinds or {})
 
-    def problem(self, rows: list[dict[str, Any]]) -> str | None:
-        """Why these rows cannot be stored beside the stage's other rows, or None."""
-        kinds = dict(self.kinds)
+    def admit(self, rows: list[dict[str, Any]]) -> str | None:
+        """Take the rows' kinds into the stage's, or say why they cannot be stored beside its other rows (then
+        nothing changes). Columns whose kind is already the stored one cost a type lookup (the usual case)."""
+        changed: dict[str, str | None] = {}
         for row in rows:
             for column, value in row.items():
-                kind = value_kind(value)
+                kind = _KIND_OF_TYPE[type(value)] if type(value) in _KIND_OF_TYPE else value_kind(value)
                 if kind == "int" and not INT64_MIN <= value <= INT64_MAX:
                     return f"column '{column}' holds {value}, which does not fit a 64-bit integer"
-                merged = merged_kind(kinds.get(column), kind)
+                stored = changed[column] if column in changed else self.kinds.get(column)
+                if kind is None or kind == stored:
+                    continue
+                merged = merged_kind(stored, kind)
                 if merged == "":
                     return (f"column '{column}' holds a {kind} ({value!r:.80}) but the stage's results store it "
-                            f"as {kinds[column]}; a column keeps one type (int may widen to float)")
-                kinds[column] = merged
+                            f"as {stored}; a column keeps one type (int may widen to float)")
+                changed[column] = merged
+        self.kinds.update(changed)
         return None
 
-    def accept(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            for column, value in row.items():
-                self.kinds[column] = merged_kind(self.kinds.get(column), value_kind(value)) or self.kinds.get(column)
+
+_KIND_OF_TYPE: dict[type, str | None] = {type(None): None, bool: "bool", int: "int", float: "float", str: "string",
+                                        list: "list"}
 
 
 def param_column(value: Any) -> Any:

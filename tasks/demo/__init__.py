@@ -4,6 +4,7 @@ TASKS = {
     "demo.quadratic": "tasks.demo.task:quadratic",
     "demo.noop": "tasks.demo.task:noop",
     "demo.sleep": "tasks.demo.task:sleep",
+    "demo.produce": "tasks.demo.task:produce",
     "demo.flaky": "tasks.demo.task:flaky",
     "demo.allocate": "tasks.demo.task:allocate",
     "demo.vector": "tasks.demo.task:vector",

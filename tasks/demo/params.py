@@ -27,6 +27,14 @@ class SleepParams(TaskParams):
     seconds: float = Field(0.1, ge=0)
 
 
+class ProduceParams(TaskParams):
+    i: int = 0
+    wait_s: float = Field(0.0, ge=0)
+    """Seconds to sleep before writing the artifact."""
+    fail_if_divisible_by: int = Field(0, ge=0)
+    """Raise instead for every i divisible by this (0: never)."""
+
+
 class FlakyParams(TaskParams):
     i: int
     fail_if_divisible_by: int = Field(0, ge=0)

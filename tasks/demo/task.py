@@ -19,6 +19,7 @@ from tasks.demo.params import (
     FlakyParams,
     LookupParams,
     NoopParams,
+    ProduceParams,
     QuadraticParams,
     SleepParams,
     SpinParams,
@@ -56,6 +57,20 @@ def sleep(params: SleepParams, ctx: RunContext) -> dict[str, Any]:
         "gpu_ids": ",".join(str(g) for g in ctx.gpu_ids),
         "device": ctx.device,
     }
+
+
+@task("demo.produce", params=ProduceParams, smoke={"i": 2, "wait_s": 0.01}, measured=("t_start", "t_end"))
+def produce(params: ProduceParams, ctx: RunContext) -> dict[str, Any]:
+    """Sleeps, then writes its index as an artifact (`value.txt`) that any downstream run may read, and
+    reports when it ran (streaming-stage tests and benchmarks); raises for every i divisible by
+    `fail_if_divisible_by`."""
+    start = time.time()
+    time.sleep(params.wait_s)
+    divisor = params.fail_if_divisible_by
+    if divisor and params.i % divisor == 0:
+        raise ValueError(f"planted failure for i={params.i}")
+    (ctx.artifact_dir / "value.txt").write_text(str(params.i))
+    return {"value": params.i, "t_start": start, "t_end": time.time()}
 
 
 @task("demo.flaky", params=FlakyParams, smoke={"i": 3, "fail_if_divisible_by": 2})
