@@ -13,10 +13,12 @@ validation, and an invalid value raises the same error, from the same point (the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from pydantic import (
@@ -33,7 +35,7 @@ from pydantic import (
 )
 
 from orchestrator.expand import Bundles, Conditional, Fixed, ParamSpace
-from orchestrator.runs import Run, canonical_json
+from orchestrator.runs import RUN_ID_LENGTH, Run, canonical_json
 
 BATCH = 4096  # values validated per pydantic call (bounds the temporary lists of a long range)
 FUNCTIONAL = (AfterValidator, BeforeValidator, PlainValidator, WrapValidator, PlainSerializer, WrapSerializer)
@@ -59,6 +61,18 @@ def independent_fields(model: type[BaseModel]) -> bool:
                and not info.exclude and not info.default_factory_takes_validated_data
                and not any(isinstance(m, FUNCTIONAL) for m in info.metadata)
                for info in model.model_fields.values())
+
+
+def json_of(value: Any) -> str:
+    """`canonical_json(value)`, quicker for exact ints, finite floats and strings (what json.dumps writes)."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return canonical_json(value)
 
 
 def validated_column(model: type[BaseModel], key: str, raws: Any) -> list[Any] | int:
@@ -93,11 +107,12 @@ class Axis:
 
     positions: list[int]  # of the entry's keys among the model's fields
     columns: list[list[Any]]  # per key, its value in each distinct choice
+    pieces: list[list[str]]  # per key, `"key":value` in canonical JSON in each distinct choice
     choices: int  # before merging
 
     @property
     def size(self) -> int:
-        return len(self.columns[0]) if self.columns else 1
+        return len(self.columns[0])
 
 
 def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int:
@@ -118,13 +133,16 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
             columns.append(column)
     if invalid:
         return min(invalid)
+    pieces = [[f"{json_of(key)}:{json_of(value)}" for value in column]
+              for key, column in zip(keys, columns, strict=True)]
     choices = len(raw_columns[0])
-    first: dict[tuple[str, ...], int] = {}
-    for i in range(choices):
-        first.setdefault(tuple(canonical_json(column[i]) for column in columns), i)
+    first: dict[Any, int] = {}  # the choice's JSON -> its first occurrence
+    for i, json in enumerate(pieces[0] if len(pieces) == 1 else zip(*pieces, strict=True)):
+        first.setdefault(json, i)
     if len(first) < choices:
         columns = [[column[i] for i in first.values()] for column in columns]
-    return Axis([fields.index(key) for key in keys], columns, choices)
+        pieces = [[column[i] for i in first.values()] for column in pieces]
+    return Axis([fields.index(key) for key in keys], columns, pieces, choices)
 
 
 def raw_point(entries: list[Fixed | Bundles], picks: list[int]) -> dict[str, Any]:
@@ -138,18 +156,39 @@ def raw_point(entries: list[Fixed | Bundles], picks: list[int]) -> dict[str, Any
 class ProductRuns(Mapping[str, Run]):
     """A stage's distinct runs, run id -> run, made on demand from its validated axes.
 
-    Iterating streams the runs in spec order; `len` is arithmetic; looking a run up by id indexes them
-    all once.
+    Iterating streams the runs in spec order; `len` is arithmetic; iterating the ids hashes each run's
+    JSON from its values' pieces (the id `make_run_id` gives a root run), making no `Run`; looking a run
+    up by id indexes them all once.
     """
 
-    def __init__(self, fields: list[str], template: list[Any], axes: list[Axis],
-                 address: Callable[[dict[str, Any]], Run]) -> None:
-        self.fields, self.template, self.axes, self.address = fields, template, axes, address
+    def __init__(self, first: Run, axes: list[Axis], address: Callable[[dict[str, Any]], Run]) -> None:
+        """`first`: the run of the first point (validated in full: it holds every default); `address`
+        makes a run of validated params."""
+        self.axes, self.address = axes, address
+        self.fields, self.template = list(first.params), list(first.params.values())
+        self.id_format = self._id_format(first)
         self.points = math.prod(axis.choices for axis in axes)  # before merging duplicates
         self._by_id: dict[str, Run] | None = None
 
+    def _id_format(self, first: Run) -> str:
+        """The root identity's canonical JSON, as `make_run_id` hashes it, as a `str.format` template whose
+        field {i} is the i-th `"key":value` piece of the axes' keys (in axis order)."""
+        slots = [self.fields[position] for axis in self.axes for position in axis.positions]
+        slot = {key: i for i, key in enumerate(slots)}
+
+        def piece(key: str, value: Any) -> str:
+            return f"{{{slot[key]}}}" if key in slot else _escaped(f"{json_of(key)}:{json_of(value)}")
+
+        params = ",".join(piece(key, value) for key, value in sorted(first.params.items()))
+        head, tail = canonical_json({"task": first.task, "version": first.task_version, "params": {}}).split("{}", 1)
+        return f"{_escaped(head)}{{{{{params}}}}}{_escaped(tail)}"
+
+    def picks(self) -> Iterator[tuple[int, ...]]:
+        """Each distinct run's choice per axis, in spec order (the last axis varies fastest)."""
+        return itertools.product(*(range(axis.size) for axis in self.axes))
+
     def stream(self) -> Iterator[Run]:
-        for picks in itertools.product(*(range(axis.size) for axis in self.axes)):
+        for picks in self.picks():
             row = self.template.copy()
             for axis, pick in zip(self.axes, picks, strict=True):
                 for position, column in zip(axis.positions, axis.columns, strict=True):
@@ -160,7 +199,14 @@ class ProductRuns(Mapping[str, Run]):
         return math.prod(axis.size for axis in self.axes)
 
     def __iter__(self) -> Iterator[str]:
-        return (run.run_id for run in self.stream())
+        if all(len(axis.pieces) == 1 for axis in self.axes):
+            texts = (self.id_format.format(*combo) for combo in itertools.product(*(a.pieces[0] for a in self.axes)))
+        else:
+            choices = [list(zip(*axis.pieces, strict=True)) for axis in self.axes]
+            texts = (self.id_format.format(*itertools.chain.from_iterable(combo))
+                     for combo in itertools.product(*choices))
+        for text in texts:
+            yield hashlib.sha256(text.encode()).hexdigest()[:RUN_ID_LENGTH]
 
     def __getitem__(self, run_id: str) -> Run:
         if self._by_id is None:
@@ -169,6 +215,11 @@ class ProductRuns(Mapping[str, Run]):
 
     def values(self) -> ValuesView[Run]:
         return StreamedRuns(self)
+
+
+def _escaped(text: str) -> str:
+    """`text` as literal text of a `str.format` template."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class StreamedRuns(ValuesView[Run]):
@@ -194,7 +245,7 @@ def product_runs(space: ParamSpace, model: type[BaseModel], check: Callable[[dic
     entries = [entry for entry in space.entries if not isinstance(entry, Conditional)]
     if len(entries) < len(space.entries) or space.reference_order or not independent_fields(model):
         return None
-    template = list(check(raw_point(entries, [0] * len(entries))).params.values())
+    first = check(raw_point(entries, [0] * len(entries)))
     axes: list[Axis] = []
     failing: list[int] | None = None
     for j, entry in enumerate(entries):
@@ -207,4 +258,4 @@ def product_runs(space: ParamSpace, model: type[BaseModel], check: Callable[[dic
     if failing is not None:
         check(raw_point(entries, failing))
         return None  # it validated after all: a validator this module cannot see
-    return ProductRuns(list(model.model_fields), template, axes, address)
+    return ProductRuns(first, axes, address)

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from orchestrator import plan as plan_module
 from orchestrator.errors import SpecError
 from orchestrator.plan import StagePlan, build_plan
-from orchestrator.product import ProductRuns, independent_fields, product_runs
+from orchestrator.product import ProductRuns, independent_fields, json_of, product_runs
 from orchestrator.registry import TaskDef, TaskParams, get_task
-from orchestrator.runs import Run
+from orchestrator.runs import Run, canonical_json
 from orchestrator.spec import load_spec
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -193,6 +193,7 @@ def test_product_runs_is_a_mapping_of_run_ids(tmp_path: Path) -> None:
     assert len(plan.runs) == 6 and list(plan.runs) == [run.run_id for run in runs]
     assert plan.runs[runs[4].run_id] == runs[4] and runs[4].run_id in plan.runs and "nope" not in plan.runs
     assert runs[4].params["x"] == 2.0 and runs[4].params["n"] == 1
+    assert_same_as_point_by_point(stage(tmp_path, "{}", task="demo.noop"))  # no axis: one run
 
 
 def test_plan_counts_stored_runs_of_a_product_stage_and_a_stage_needing_it(tmp_path: Path) -> None:
@@ -219,3 +220,11 @@ def test_plan_counts_stored_runs_of_a_product_stage_and_a_stage_needing_it(tmp_p
                            {"run_id": "0123456789abcdef", "status": "ok", "attempt": 1}])
     summary, _ = summarize(sweep, store)
     assert (summary.total, summary.ok, summary.failed, summary.to_run, summary.stored_not_in_spec) == (6, 1, 1, 4, 1)
+
+
+@pytest.mark.parametrize("value", [0, -7, 10**40, True, None, 0.0, -0.0, 1e-07, 1e300, 0.1 + 0.2, float("nan"),
+                                   float("inf"), -float("inf"), "", "naïve \"q\" \\ \n\u2028 \U0001f600", [1, "a"],
+                                   {"b": 1, "a": [0.5]}])
+def test_json_of_is_canonical_json(value: object) -> None:
+    # Invariant: the pieces run ids are hashed from are the JSON make_run_id hashes.
+    assert json_of(value) == canonical_json(value)
