@@ -136,10 +136,11 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
     pieces = [[f"{json_of(key)}:{json_of(value)}" for value in column]
               for key, column in zip(keys, columns, strict=True)]
     choices = len(raw_columns[0])
-    first: dict[Any, int] = {}  # the choice's JSON -> its first occurrence
-    for i, json in enumerate(pieces[0] if len(pieces) == 1 else zip(*pieces, strict=True)):
-        first.setdefault(json, i)
-    if len(first) < choices:
+    jsons = pieces[0] if len(pieces) == 1 else list(zip(*pieces, strict=True))  # each choice's JSON
+    if len(set(jsons)) < choices:  # keep each JSON's first occurrence
+        first: dict[Any, int] = {}
+        for i, json in enumerate(jsons):
+            first.setdefault(json, i)
         columns = [[column[i] for i in first.values()] for column in columns]
         pieces = [[column[i] for i in first.values()] for column in pieces]
     return Axis([fields.index(key) for key in keys], columns, pieces, choices)
