@@ -2,7 +2,9 @@
 
 Per stage the plan holds the task, its resources and retries, and
 - a grid stage: its distinct runs (points that validate to the same params are one run) with their
-  lineage-addressed ids, and for each run the upstream runs it reads;
+  lineage-addressed ids, and for each run the upstream runs it reads (a stage that needs none, has no
+  references or conditions and a task whose fields validate independently: its axes, validated value by
+  value, with runs made as they are read, see `product.py`);
 - a tune stage: its groups, search space and constraints (trials are made by `make_run`);
 - a transfer stage: its own params, expanded, to lay over each group's selected config.
 A stage that `needs` a tune or transfer stage gets its runs once that stage's runs are known
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from orchestrator.errors import SpecError, UnknownTaskError
 from orchestrator.execute import StageExecution
 from orchestrator.expand import DEFAULT_MAX_RUNS, ParamSpace, check_run_limit, parse_params
+from orchestrator.product import product_runs
 from orchestrator.registry import TaskDef, get_task
 from orchestrator.runs import Run, canonical_json, make_run_id
 from orchestrator.schema import param_column
@@ -58,7 +61,7 @@ class StagePlan:
     loaded: LoadedSpec
     needs: list[str] = field(default_factory=list)
     match_keys: dict[str, list[str]] = field(default_factory=dict)  # need -> parameters both stages set
-    runs: dict[str, Run] = field(default_factory=dict)  # grid: distinct runs in spec order
+    runs: Mapping[str, Run] = field(default_factory=dict)  # grid: distinct runs by id, in spec order
     points: int = 0  # grid: points expanded (runs + merged duplicates)
     linked: bool = False  # grid: runs (and their ids) are known
     distributions: dict[str, Any] = field(default_factory=dict)  # tune
@@ -91,7 +94,11 @@ class StagePlan:
     def make_run(self, params: dict[str, Any], upstream: dict[str, tuple[str, ...]] | None = None,
                  selected_from: str | None = None, selected_by: str | None = None) -> Run:
         """Validate `params` against the task's model and address the run by its lineage."""
-        validated = self.validate(params)
+        return self.address(self.validate(params), upstream, selected_from, selected_by)
+
+    def address(self, validated: dict[str, Any], upstream: dict[str, tuple[str, ...]] | None = None,
+                selected_from: str | None = None, selected_by: str | None = None) -> Run:
+        """The run of already validated params, addressed by its lineage."""
         upstream = upstream or {}
         ids = [i for group in upstream.values() for i in group]
         return Run(self.sweep, self.name, self.task.name, self.task.target, self.task.version, validated,
@@ -127,17 +134,32 @@ class StagePlan:
     def link(self, upstream: dict[str, Iterable[Run]]) -> None:
         """Expand the grid, matching each point to the upstream runs it reads; distinct runs only.
 
-        `upstream`: every need's runs. A point that matches no run of a need is a spec error.
+        `upstream`: every need's runs. A point that matches no run of a need is a spec error. A stage that
+        `product_runs` can plan exactly is planned by it: its axes are validated, not its points.
         """
+        product = None if self.needs else product_runs(self.space, self.task.params, self.check_point, self.address)
+        if product is not None:
+            self.runs, self.points, self.linked = product, product.points, True
+            return
+        self.runs, self.points = self.runs_point_by_point(upstream)
+        self.linked = True
+
+    def check_point(self, params: dict[str, Any]) -> Run:
+        """A point validated in full, as `runs_point_by_point` validates each (a SpecError if invalid)."""
+        return self.make_run(self.validate(params))
+
+    def runs_point_by_point(self, upstream: dict[str, Iterable[Run]]) -> tuple[dict[str, Run], int]:
+        """The distinct runs and the number of points, each point validated in full against the model."""
         tables: dict[str, dict[tuple[Any, ...], list[str]]] = {}
         for need in self.needs:
             table: dict[tuple[Any, ...], list[str]] = {}
             for run in upstream[need]:
                 table.setdefault(match_value(run.params, self.match_keys[need]), []).append(run.run_id)
             tables[need] = table
-        self.runs, self.points = {}, 0
+        runs: dict[str, Run] = {}
+        points = 0
         for params in self.space:
-            self.points += 1
+            points += 1
             validated = self.validate(params)
             links: dict[str, tuple[str, ...]] = {}
             for need, table in tables.items():
@@ -152,10 +174,10 @@ class StagePlan:
                     )
                 links[need] = tuple(sorted(set(found)))
             run = self.make_run(validated, links)
-            self.runs.setdefault(run.run_id, run)
-        if self.points == 0:
+            runs.setdefault(run.run_id, run)
+        if points == 0:
             raise self.loaded.source.error(self.path("params"), "the stage expands to no runs")
-        self.linked = True
+        return runs, points
 
     def transfer_runs(self, best: list[dict[str, Any]]) -> list[Run]:
         """Each feasible group's selected config(s) with this stage's params laid over them (distinct runs);

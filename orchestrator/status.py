@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from orchestrator.plan import SweepPlan
@@ -30,29 +31,38 @@ class StageSummary:
 
 
 def summarize(plan: SweepPlan, store: ResultStore) -> list[StageSummary]:
-    """Per stage: runs of the plan, and how many of them are stored as ok / failed."""
+    """Per stage: runs of the plan, and how many of them are stored as ok / failed.
+
+    A linked grid stage's runs are only counted and their ids streamed past the stored ones (a plan may
+    make them as they are read); they are listed only for a stage that needs them and is not linked yet.
+    """
     out = []
     resolved: dict[str, list[Run] | None] = {}
+    read_later = {need for s in plan.stages.values() if s.kind == "grid" and not s.linked for need in s.needs}
     for name in plan.order:
         stage = plan.stages[name]
         states = store.run_states(name)
-        runs = known_runs(plan, store, name, resolved)
-        resolved[name] = runs
         summary = StageSummary(name, stage.task.name, stage.resources.describe(), None, duplicates=stage.duplicates)
+        ids: Iterable[str]
+        if stage.kind == "grid" and stage.linked:
+            summary.total, ids = len(stage.runs), stage.runs
+            if name in read_later:
+                resolved[name] = list(stage.runs.values())
+        else:
+            runs = known_runs(plan, store, name, resolved)
+            resolved[name] = runs
+            ids = (run.run_id for run in runs or [])
+            summary.total = stage.expected if stage.kind == "tune" else None if runs is None else len(runs)
         if stage.kind == "tune":
             tune = stage.stage.tune
             assert tune is not None
             summary.note = f"tune: {tune.num_samples} trials per group of {tune.group_by or 'all'}"
-            summary.total = stage.expected
         elif stage.kind == "transfer":
             summary.note = f"transfer: best config per group of '{stage.stage.transfer}', after its selection"
-            summary.total = None if runs is None else len(runs)
-        else:
-            summary.total = None if runs is None else len(runs)
-        mine = {r.run_id for r in runs or []}
+        mine = {run_id for run_id in ids if run_id in states} if states else set()  # of the stored runs
         if stage.kind == "tune":  # pruned trials belong to the stage, though nothing reads them downstream
             mine |= {run_id for run_id, state in states.items() if state.status == PRUNED}
-        for run_id in mine & states.keys():
+        for run_id in mine:
             summary.ok += states[run_id].status == OK
             summary.failed += is_failure(states[run_id].status)
             summary.pruned += states[run_id].status == PRUNED
