@@ -185,8 +185,8 @@ def _save_dequantised(gguf: Path, directory: Path) -> None:
     source = _gguf_source(gguf)
     loaded = AutoModelForCausalLM.from_pretrained(source.location, **source.kwargs)
     config = loaded.config
-    config.quantization_config = None
-    delattr(config, "quantization_config")
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype)
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(directory)
