@@ -33,11 +33,10 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan import SweepPlan, build_plan
 from orchestrator.provenance import spec_hash
 from orchestrator.registry import TaskDef, get_task, task_entries
-from orchestrator.report import stage_report
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.runs import canonical_json
 from orchestrator.schema import is_failure
-from orchestrator.spec import load_spec
+from orchestrator.spec import Resources, load_spec
 from orchestrator.status import StageSummary, summarize
 from orchestrator.store import SPECS, ResultStore
 from orchestrator.tracking import TrackingOptions, parse_backends
@@ -156,11 +155,14 @@ def _remember(call: Invocation, sweep: SweepPlan, store: ResultStore) -> str:
     })
 
 
-def _nodes_for(address: str | None, num_cpus: float | None, num_gpus: float | None) -> list[cluster.NodeInfo]:
-    """The nodes runs would be checked against: the cluster at `address` (attached, then detached), or what
-    a local Ray with these options would have."""
+def _nodes_for(address: str | None, num_cpus: float | None, num_gpus: float | None,
+               needs: list[Resources]) -> list[cluster.NodeInfo]:
+    """The nodes runs needing `needs` would be checked against: the cluster at `address` (attached, then
+    detached), or what a local Ray with these options would have ([]: nothing to check)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
+        if num_cpus is None and all(cluster.fits_any_local_ray(resources) for resources in needs):
+            return []  # skips Ray's resource detection, which imports Ray (half a second)
         return cluster.local_nodes(num_cpus, num_gpus)
     started = cluster.connect(address, num_cpus, num_gpus)
     try:
@@ -198,7 +200,7 @@ def plan(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = No
     """
     try:
         sweep, store = _load(Invocation(spec, overrides or [], results))
-        nodes = _nodes_for(address, num_cpus, num_gpus)
+        nodes = _nodes_for(address, num_cpus, num_gpus, [sweep.stages[name].resources for name in sweep.order])
         for name in sweep.order:
             cluster.check_feasible(name, sweep.stages[name].resources, nodes)
         summaries = summarize(sweep, store)
@@ -444,6 +446,8 @@ def report(spec: SpecArg, overrides: OverridesArg = None, results: ResultsOpt = 
         sweep, store = _load(Invocation(spec, overrides or [], results), remembered=True)
     except OrchestratorError as exc:
         _fail(exc)
+    from orchestrator.report import stage_report  # pandas and matplotlib: only the report command pays for them
+
     target = out_dir or store.report_dir()
     logfile.start(store.log_dir(), "report")
     try:

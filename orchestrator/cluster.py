@@ -164,6 +164,13 @@ def local_nodes(num_cpus: float | None = None, num_gpus: float | None = None) ->
     return [NodeInfo("local", {k: float(v) for k, v in resources.items()})]
 
 
+def fits_any_local_ray(resources: Resources) -> bool:
+    """True when a run needs at most one CPU and nothing else: every local Ray started without
+    --num-cpus has at least one CPU, so there is nothing to detect."""
+    needed = requirements(resources)
+    return set(needed) <= {"CPU"} and needed.get("CPU", 0.0) <= 1.0
+
+
 def ray_options(resources: Resources) -> dict[str, Any]:
     """The `.options(...)` of a Ray task or actor that reserves `resources` (the one mapping)."""
     options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}

@@ -19,8 +19,9 @@ import math
 from collections.abc import Callable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Annotated, Any
 
+import annotated_types
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -33,11 +34,14 @@ from pydantic import (
     WrapValidator,
     create_model,
 )
+from pydantic.fields import FieldInfo
 
 from orchestrator.expand import Bundles, Conditional, Fixed, ParamSpace
 from orchestrator.runs import RUN_ID_LENGTH, Run, canonical_json
 
 BATCH = 4096  # values validated per pydantic call (bounds the temporary lists of a long range)
+PASSIVE_CONFIG = {"extra", "frozen", "use_attribute_docstrings", "title"}  # model settings no value sees
+PASSIVE_FIELD = {"annotation", "default", "description", "title", "examples", "json_schema_extra"}
 FUNCTIONAL = (AfterValidator, BeforeValidator, PlainValidator, WrapValidator, PlainSerializer, WrapSerializer)
 _ABSENT = object()  # a key a case leaves out: its field takes the default
 
@@ -84,6 +88,9 @@ def validated_column(model: type[BaseModel], key: str, raws: Any) -> list[Any] |
     info = model.model_fields.get(key)
     if info is None:  # an unknown parameter: the first value that sets it fails
         return next(i for i, raw in enumerate(raws) if raw is not _ABSENT)
+    if _plain_field(model, info) and all(raw is not _ABSENT for raw in raws):
+        value: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        return _validated_values(TypeAdapter(list[value]), raws)
     definition: Any = (info.annotation, info)
     single = create_model(f"{model.__name__}_{key}", __config__=model.model_config, **{key: definition})
     batch = TypeAdapter(list[single])
@@ -97,6 +104,27 @@ def validated_column(model: type[BaseModel], key: str, raws: Any) -> list[Any] |
         except ValidationError as exc:
             return start + min(int(error["loc"][0]) for error in exc.errors())
         column.extend(item[key] for item in items)
+    return column
+
+
+def _plain_field(model: type[BaseModel], info: FieldInfo) -> bool:
+    """Whether the field's values validate as its annotation with its constraints alone, so a list of
+    them needs no model around each (a third of a million values a second, not thirty): no model
+    setting and no field setting that changes validation, only constraints such as `ge` / `max_length`."""
+    return (set(model.model_config) <= PASSIVE_CONFIG and set(info._attributes_set) <= PASSIVE_FIELD
+            and all(isinstance(m, annotated_types.BaseMetadata) for m in info.metadata))
+
+
+def _validated_values(adapter: TypeAdapter[list[Any]], raws: list[Any]) -> list[Any] | int:
+    column: list[Any] = []
+    for start in range(0, len(raws), BATCH):
+        values = [raws[i] for i in range(start, min(start + BATCH, len(raws)))]
+        try:
+            for _ in range(2):
+                values = adapter.dump_python(adapter.validate_python(values), mode="json")
+        except ValidationError as exc:
+            return start + min(int(error["loc"][0]) for error in exc.errors())
+        column.extend(values)
     return column
 
 
@@ -133,8 +161,7 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
             columns.append(column)
     if invalid:
         return min(invalid)
-    pieces = [[f"{json_of(key)}:{json_of(value)}" for value in column]
-              for key, column in zip(keys, columns, strict=True)]
+    pieces = [_pieces(key, column) for key, column in zip(keys, columns, strict=True)]
     choices = len(raw_columns[0])
     jsons = pieces[0] if len(pieces) == 1 else list(zip(*pieces, strict=True))  # each choice's JSON
     if len(set(jsons)) < choices:  # keep each JSON's first occurrence
@@ -144,6 +171,14 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
         columns = [[column[i] for i in first.values()] for column in columns]
         pieces = [[column[i] for i in first.values()] for column in pieces]
     return Axis([fields.index(key) for key in keys], columns, pieces, choices)
+
+
+def _pieces(key: str, column: list[Any]) -> list[str]:
+    """`"key":value` in canonical JSON for each value of the column."""
+    head = f"{json_of(key)}:"
+    if all(type(value) is int for value in column):
+        return [head + text for text in map(int.__repr__, column)]
+    return [head + json_of(value) for value in column]
 
 
 def raw_point(entries: list[Fixed | Bundles], picks: list[int]) -> dict[str, Any]:

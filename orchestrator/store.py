@@ -288,6 +288,8 @@ class ResultStore:
 
     def run_states(self, stage: str) -> dict[str, RunState]:
         """run_id -> status and attempt of the latest stored attempt."""
+        if not self.part_files(stage):
+            return {}  # no table built: building one imports pandas (pyarrow does), half a second of `plan`
         table = self.read_stage(stage, columns=["run_id", "status", "attempt"], latest=False)
         states: dict[str, RunState] = {}
         for run_id, status, attempt in zip(

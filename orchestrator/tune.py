@@ -31,8 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pandas as pd
-
 from orchestrator.execute import RunResult, WorkItem
 from orchestrator.runs import Run, canonical_json
 from orchestrator.schema import OK, PRUNED, RESERVED_COLUMNS, from_column, param_column
@@ -299,6 +297,8 @@ def curves(store: ResultStore, stage: str, metric: str) -> dict[str, dict[int, f
 
 
 def _present(value: Any) -> bool:
+    import pandas as pd  # already imported by the caller's to_pandas; kept off the plan path's imports
+
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and not (
         pd.api.types.is_scalar(value) and pd.isna(value)
     )

@@ -167,6 +167,19 @@ def test_plan_refuses_infeasible_resources_as_run_does(write_spec, tmp_path: Pat
         assert widened.returncode == 0, widened.stderr
 
 
+def test_plan_of_a_cpu_sweep_imports_neither_ray_nor_pandas(write_spec, tmp_path: Path) -> None:
+    # Invariant: `plan` of runs that need one CPU detects nothing and reads no table, so its start-up
+    # stays the CLI's own (Ray's import alone is half a second, pandas' another).
+    spec = write_spec("name: light\nstages:\n  s: {task: demo.quadratic, params: {x: {range: [0, 3]}}}\n")
+    code = ("import sys; from orchestrator.cli import main; sys.argv = ['orchestrator', *sys.argv[1:]]\n"
+            "try:\n    main()\nfinally:\n    print(sorted({'ray', 'pandas'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, "plan", str(spec), "--results", str(tmp_path / "r")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "│      3 │" in done.stdout, done.stdout  # the plan was printed: 3 runs to run
+    assert done.stdout.strip().endswith("[]"), done.stdout
+
+
 def test_plan_of_a_trillion_point_range_refuses_at_once(write_spec, tmp_path: Path) -> None:
     # Invariant: a stage's run count is arithmetic: plan refuses 10^12 runs in a moment (exit 2, naming the
     # limit and how to raise it), without expanding; `max_runs` raises the limit.

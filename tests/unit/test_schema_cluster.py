@@ -101,3 +101,13 @@ def test_infeasible_requests_are_refused_with_what_the_cluster_has(resources: di
     # Invariant: a request no node can satisfy is refused before anything runs, naming the largest node.
     with pytest.raises(ResourceError, match=r"which no node can provide .*largest node"):
         cluster.check_feasible("s", Resources.model_validate(resources), NODES)
+
+
+@pytest.mark.parametrize(("resources", "trivial"), [
+    ({}, True), ({"num_cpus": 0.5}, True), ({"num_cpus": 1}, True), ({"num_cpus": 2}, False),
+    ({"num_gpus": 0.25}, False), ({"memory": "1GiB"}, False), ({"accelerator_type": "H100"}, False),
+    ({"custom": {"slot": 1}}, False),
+])
+def test_only_a_one_cpu_request_skips_local_resource_detection(resources: dict[str, object], trivial: bool) -> None:
+    # Invariant: `plan` skips Ray's detection (and Ray's import) only for runs any local Ray can hold.
+    assert cluster.fits_any_local_ray(Resources.model_validate(resources)) is trivial
