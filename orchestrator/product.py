@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, ValuesView
+from collections.abc import Callable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Annotated, Any
@@ -79,7 +79,7 @@ def json_of(value: Any) -> str:
     return canonical_json(value)
 
 
-def validated_column(model: type[BaseModel], key: str, raws: Any) -> list[Any] | int:
+def validated_column(model: type[BaseModel], key: str, raws: Any) -> Sequence[Any] | int:
     """Field `key`'s value, as a validated point stores it, for each of `raws` (`_ABSENT`: the default);
     or the index of the first value that does not validate.
 
@@ -115,17 +115,27 @@ def _plain_field(model: type[BaseModel], info: FieldInfo) -> bool:
             and all(isinstance(m, annotated_types.BaseMetadata) for m in info.metadata))
 
 
-def _validated_values(adapter: TypeAdapter[list[Any]], raws: list[Any]) -> list[Any] | int:
+def _validated_values(adapter: TypeAdapter[list[Any]], raws: Sequence[Any]) -> Sequence[Any] | int:
+    """The values validated (twice, as a point is), or the index of the first invalid one. An int
+    `range` whose every value validates to itself is returned as is: a million-value axis then holds
+    no list of values (nor, see `_pieces`, of their JSON)."""
     column: list[Any] = []
+    unchanged = isinstance(raws, range)
     for start in range(0, len(raws), BATCH):
-        values = [raws[i] for i in range(start, min(start + BATCH, len(raws)))]
+        batch = [raws[i] for i in range(start, min(start + BATCH, len(raws)))]
+        values = batch
         try:
             for _ in range(2):
                 values = adapter.dump_python(adapter.validate_python(values), mode="json")
         except ValidationError as exc:
             return start + min(int(error["loc"][0]) for error in exc.errors())
+        if unchanged and all(type(v) is int for v in values) and values == batch:
+            continue
+        if unchanged:  # the values seen so far validated to themselves
+            column.extend(raws[i] for i in range(start))
+            unchanged = False
         column.extend(values)
-    return column
+    return raws if unchanged else column
 
 
 @dataclass
@@ -134,8 +144,8 @@ class Axis:
     order: choices that validate alike make the same runs)."""
 
     positions: list[int]  # of the entry's keys among the model's fields
-    columns: list[list[Any]]  # per key, its value in each distinct choice
-    pieces: list[list[str]]  # per key, `"key":value` in canonical JSON in each distinct choice
+    columns: list[Sequence[Any]]  # per key, its value in each distinct choice
+    pieces: list[Sequence[str]]  # per key, `"key":value` in canonical JSON in each distinct choice
     choices: int  # before merging
 
     @property
@@ -151,7 +161,7 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
         raw_columns: list[Any] = [entry.values]
     else:
         raw_columns = [[bundle.get(key, _ABSENT) for bundle in entry.bundles] for key in keys]
-    columns: list[list[Any]] = []
+    columns: list[Sequence[Any]] = []
     invalid: list[int] = []
     for key, raws in zip(keys, raw_columns, strict=True):
         column = validated_column(model, key, raws)
@@ -164,7 +174,8 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
     pieces = [_pieces(key, column) for key, column in zip(keys, columns, strict=True)]
     choices = len(raw_columns[0])
     jsons = pieces[0] if len(pieces) == 1 else list(zip(*pieces, strict=True))  # each choice's JSON
-    if len(set(jsons)) < choices:  # keep each JSON's first occurrence
+    distinct = len(columns) == 1 and isinstance(columns[0], range)  # an int range repeats no value
+    if not distinct and len(set(jsons)) < choices:  # keep each JSON's first occurrence
         first: dict[Any, int] = {}
         for i, json in enumerate(jsons):
             first.setdefault(json, i)
@@ -173,9 +184,29 @@ def validated_axis(model: type[BaseModel], entry: Fixed | Bundles) -> Axis | int
     return Axis([fields.index(key) for key in keys], columns, pieces, choices)
 
 
-def _pieces(key: str, column: list[Any]) -> list[str]:
+@dataclass(frozen=True)
+class RangePieces(Sequence[str]):
+    """`"key":value` of each value of an int range, made when read."""
+
+    head: str
+    values: range
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.head + int.__repr__(self.values[index])
+
+    def __iter__(self) -> Iterator[str]:
+        head = self.head
+        return (head + text for text in map(int.__repr__, self.values))
+
+
+def _pieces(key: str, column: Sequence[Any]) -> Sequence[str]:
     """`"key":value` in canonical JSON for each value of the column."""
     head = f"{json_of(key)}:"
+    if isinstance(column, range):
+        return RangePieces(head, column)
     if all(type(value) is int for value in column):
         return [head + text for text in map(int.__repr__, column)]
     return [head + json_of(value) for value in column]

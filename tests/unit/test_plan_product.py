@@ -101,6 +101,9 @@ PLANTED_SPECS = [
     "{c: {cases: [{x: 1, n: 2}, {x: 1}, {x: 1, n: 0}, {x: 3, label: L}]}, flag: {grid: [true, false]}}",
     "{p: {zip: {x: [1, 2, 1.0], mode: [one, two, one]}}, n: {grid: [5, 6]}}",
     "{x: 2.5}",
+    # an int range longer than a validation batch, kept as a range (its values validate to themselves)
+    "{x: 1, n: {range: [0, 9000]}}",
+    "{x: 1, flag: {range: [0, 2]}}",  # an int range whose values validate to others (False, True)
 ]
 
 
@@ -169,6 +172,7 @@ INVALID_SPECS = [
     "{c: {cases: [{x: 1}, {x: 2, nn: 3}]}}",  # an unknown parameter in a later case
     "{c: {cases: [{x: 1}, {n: 2}]}}",  # a case without a required parameter
     "{x: 1, inner: {grid: [{a: 1}, {a: x}]}}",  # inside a nested model
+    "{x: 1, n: {range: [5000, -10, -1]}}",  # an int range failing in its second validation batch
 ]
 
 
