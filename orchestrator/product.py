@@ -111,7 +111,8 @@ def _plain_field(model: type[BaseModel], info: FieldInfo) -> bool:
     """Whether the field's values validate as its annotation with its constraints alone, so a list of
     them needs no model around each (a third of a million values a second, not thirty): no model
     setting and no field setting that changes validation, only constraints such as `ge` / `max_length`."""
-    return (set(model.model_config) <= PASSIVE_CONFIG and set(info._attributes_set) <= PASSIVE_FIELD
+    options = getattr(info, "_attributes_set", None)  # what the field sets (pydantic's own record of it)
+    return (options is not None and set(model.model_config) <= PASSIVE_CONFIG and set(options) <= PASSIVE_FIELD
             and all(isinstance(m, annotated_types.BaseMetadata) for m in info.metadata))
 
 
