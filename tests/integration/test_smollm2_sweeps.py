@@ -60,3 +60,31 @@ def test_gradient_and_attention_attributions_beat_random_on_soft_comprehensivene
     assert set(rows.method) == {"input_x_gradient", "attention"} and len(rows) >= 4
     means = rows.groupby("method")[["soft_nc", "random_soft_nc"]].mean()
     assert (means.soft_nc > 5 * means.random_soft_nc).all(), means
+
+
+def test_rome_edit_beats_the_unedited_baseline_and_keeps_neighbours(in_repo: Path, tmp_path: Path) -> None:
+    # RESULTS.md, editing: every ROME edit moved its rewrite and paraphrase prompts from the true object
+    # to the new one (efficacy 0 -> 1) and every neighbourhood prompt kept its true object (1 -> 1).
+    # Cut to one edit (Eiffel Tower -> Rome) and the covariance on 50 documents (the spec: 100).
+    spec, results = in_repo / "sweeps" / "editing_smollm2.yaml", tmp_path / "r"
+    run_spec(spec, results, ["stages.edit.params.fact=[0]", "stages.edit.params.cov_docs=50"],
+             RunOptions(stages=["edit"]), executor="inline")
+    rows = load_results(str(results), "editing-smollm2", "edit")
+    (edit,) = rows[rows.level == "aggregate"].itertuples()
+    assert edit.efficacy_score_before == 0 and edit.efficacy_score == 1 and edit.paraphrase_score == 1
+    assert edit.neighborhood_score_before == 1 and edit.neighborhood_score == 1
+
+
+def test_causal_trace_mlp_effect_peaks_on_an_early_subject_token_not_the_last(in_repo: Path, tmp_path: Path) -> None:
+    # RESULTS.md, editing: on SmolLM2 the MLP restoration effect for "The Eiffel Tower" peaks at 'iffel'
+    # (a middle subject token) centred on layer 2 (0.30), while at the last subject token ' Tower' it stays
+    # below 0.01: not the paper's last-subject-token peak. Cut to the MLP site and 5 noise samples.
+    spec, results = in_repo / "sweeps" / "editing_smollm2.yaml", tmp_path / "r"
+    run_spec(spec, results, ["stages.trace.params.fact_indices=[0]", "stages.trace.params.sites=[mlp]",
+                             "stages.trace.params.samples=5"], RunOptions(stages=["trace"]), executor="inline")
+    rows = load_results(str(results), "editing-smollm2", "trace")
+    cells = rows[rows.level == "cell"]
+    assert len(cells), "the fact was not traced: SmolLM2 no longer completes it correctly"
+    peak = cells.loc[cells.indirect_effect.idxmax()]
+    assert peak.is_subject and not peak.is_last_subject_token and peak.layer < 10
+    assert cells[cells.is_last_subject_token].indirect_effect.max() < 0.5 * peak.indirect_effect
