@@ -44,6 +44,7 @@ from orchestrator.schema import FAILED, TIMEOUT
 from orchestrator.spec import Resources
 from orchestrator.steps import StepBroker, StepChannel, StopRule
 
+ACTOR_START_S = 5.0  # about what a new warm-model actor costs (process, torch and transformers, a small model)
 SYSTEM_ERRORS = {
     "OutOfMemoryError": "out_of_memory",
     "NodeDiedError": "node_died",
@@ -330,24 +331,37 @@ class StageScheduler:
             self._submit_stateless(self._take(key, size))
             return True
         free = [a for a in self.actors if self.actor_load[a] < (1 if self.timeout_s else 2)]
+        idle = [a for a in free if self.actor_load[a] == 0]
         busy_keys = {self.actor_key.get(a) for a in self.actors if self.actor_load[a] > 0}
-        # 1. a free actor already holding a queued key
-        for actor in free:
+        # 1. an idle actor already holding a queued key
+        for actor in idle:
             key = self.actor_key.get(actor, _NO_KEY)
             if key in self.queued:
                 self._submit_actor(actor, self._take(key, size))
                 return True
-        # 2. a key nobody is serving: a new actor if the pool may grow, else a free idle actor
+        # 2. a new actor while the pool may grow: for a key nobody serves, or for work that would
+        # otherwise wait behind a running chunk for longer than a new actor takes to start
         unserved = [k for k in self.queued if k not in busy_keys] or list(self.queued)
         key = max(unserved, key=lambda k: len(self.queued[k]))
-        if len(self.actors) < self.slots and (key not in busy_keys or len(self.queued[key]) > size):
+        if len(self.actors) < self.slots and (key not in busy_keys or not self._short_work(key, size)):
             self._submit_actor(self._new_actor(), self._take(key, size))
             return True
-        idle = [a for a in free if self.actor_load[a] == 0]
+        # 3. a busy actor holding a queued key: the next chunk queues behind its running one
+        for actor in free:
+            held = self.actor_key.get(actor, _NO_KEY)
+            if held in self.queued:
+                self._submit_actor(actor, self._take(held, size))
+                return True
         if idle:
             self._submit_actor(idle[0], self._take(key, size))
             return True
         return False
+
+    def _short_work(self, key: Any, size: int) -> bool:
+        """Whether the key's queued runs are at most one chunk and, by the runs seen so far, take less than
+        starting another actor (which loads the model again) would save."""
+        queued = len(self.queued[key])
+        return queued <= size and self.mean_run_s is not None and self.mean_run_s * queued < ACTOR_START_S
 
     def collect(self, ref: Any) -> None:
         """Handle a finished chunk: final results to `on_result`, retries to the retry heap."""

@@ -32,3 +32,23 @@ def test_model_loaded_once_per_actor_and_key(write_spec, tmp_path: Path) -> None
     assert (distinct_loads == 1).all()
     assert outcome.setup_loads <= 4
     assert df.groupby("model").loaded_at.nunique().max() <= 2
+
+
+def test_few_long_runs_of_one_model_use_every_slot(write_spec, tmp_path: Path) -> None:
+    # Invariant: two runs of one model on two slots run side by side on two actors, not queued behind
+    # each other on the first actor (a stage of a few long real-model runs would otherwise run serially).
+    spec = write_spec("""\
+        name: pair
+        stages:
+          s:
+            task: demo.lookup
+            resources: {num_cpus: 1}
+            max_workers: 2
+            params: {model: alpha, i: {range: [0, 2]}, run_seconds: 2.0}
+    """)
+    run_spec(spec, str(tmp_path / "r"))
+    df = load_results(str(tmp_path / "r"), "pair", "s")
+    assert len(df) == 2 and (df.status == "ok").all()
+    assert df.pid.nunique() == 2, df[["i", "pid", "started_at"]]
+    first, second = sorted(df.started_at)
+    assert (second - first).total_seconds() < 1.5  # the second did not wait for the first's 2 s
