@@ -381,6 +381,9 @@ class Pruning:
             return False
         seen.add(step)
         trial.report(float(value), step)
+        last = self.options.get("max_resource")
+        if isinstance(last, int) and step >= last:
+            return False  # the trial has had all the budget it may get: it finishes (as in Ray Tune's HyperBand)
         return bool(trial.should_prune())
 
     def finished(self, group: str, run_id: str, state: str, value: float | None) -> None:
