@@ -33,6 +33,7 @@ class FinetuneParams(TaskParams):
     sense_lambda: float = Field(1000.0, ge=0)  # lambda of S = A - lambda B (country: 10^U(2, 3.5))
     league: float | None = Field(None, gt=0)  # evaluate every epoch, report the last epoch inside the ball
     leagues: list[float] | None = None  # also report rows (level "league") for each of these balls, one run
+    evaluate_every: int = Field(1, ge=0)  # epochs between evaluations in training (ctx.report); 0: the last only
     general_text: str = "builtin"  # builtin | val100 | path to a jsonl with `text`
     general_docs: int = Field(100, ge=1)  # texts of general_text for degradation G
     kl_docs: int = Field(100, ge=1)  # the next texts, for the KL regulariser R
@@ -45,6 +46,13 @@ class FinetuneParams(TaskParams):
     eval_batch_size: int = Field(16, ge=1)
     data_dir: str | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _every_epoch_for_leagues(self) -> FinetuneParams:
+        if (self.league or self.leagues) and self.evaluate_every != 1:
+            raise ValueError(f"league / leagues pick an epoch, so every epoch is evaluated: evaluate_every must be 1, "
+                             f"got {self.evaluate_every}")
+        return self
 
 
 class RomeParams(TaskParams):

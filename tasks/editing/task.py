@@ -73,7 +73,10 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     vs the unedited model; per-example rows (level "example") and one aggregate row (level "aggregate").
     Without `league` the model after the last epoch is evaluated (epochs is a hyperparameter); with
     `league` eps every epoch is evaluated and the last epoch with general loss < G_0 (1 + eps) is
-    reported, as the original's score_of_last_valid_epoch. Methods, training and quirks: ops/finetune.py;
+    reported, as the original's score_of_last_valid_epoch. Training evaluates (and `ctx.report`s) every
+    `evaluate_every` epochs and after the last, as the original logs every epoch; epoch 0 is the unedited
+    model's evaluation, as the copy's trainable parts start at the identity (zero LoRA B, zero offsets).
+    Methods, training and quirks: ops/finetune.py;
     metrics: ops/evaluation.py. Method "senses" (Backpack models): sense selection on the canonical
     examples against the KL texts as background, then trainable offsets only (ops/senses.py); the offsets
     of the reported epoch are saved as sense_offsets.safetensors for editing.ensemble.
@@ -94,7 +97,7 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
     model, n_senses = _trainable_copy(params, base, tokenizer, dataset, kl_texts, max_length, device, ctx.seed)
     try:
         history, epoch, after, trainable = _train(params, ctx, model, base, tokenizer, dataset, sets, kl_texts,
-                                                  max_length, device, n_senses)
+                                                  max_length, device, n_senses, before)
     finally:
         del model
     rows = evaluation.comparison_rows(before, after, dataset.loss_type, params.hard_neg_tolerance)
@@ -136,7 +139,7 @@ def _trainable_copy(params: FinetuneParams, base, tokenizer, dataset, kl_texts, 
 
 
 def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, dataset, sets, kl_texts, max_length,
-           device, n_senses):
+           device, n_senses, before):
     """Train `model`; (history, the epoch reported, its evaluation, trainable parameter count). With senses,
     the offsets of the reported epoch are saved for editing.ensemble."""
     from tasks.common.nll import encode_texts
@@ -155,10 +158,14 @@ def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, data
     def per_epoch(m, epoch):
         if n_senses is not None:
             snapshots.append(m.sense_offsets.offsets.detach().cpu().clone())
-        result = evaluation.evaluate(m, tokenizer, sets, device)  # eval mode, no random draws: numbers unchanged
+        due = epoch == params.epochs or (params.evaluate_every > 0 and epoch % params.evaluate_every == 0)
+        if epoch > 0 and not due:
+            return None
+        # eval mode, no random draws: numbers unchanged; epoch 0 is the unedited model, evaluated already
+        result = before if epoch == 0 else evaluation.evaluate(m, tokenizer, sets, device)
         ctx.report(step=epoch, success=float(result.success.mean()) if result.success.size else None,
                    targeted_loss=result.targeted_loss, general_loss=result.general_loss)
-        return result if params.league or params.leagues else None
+        return result
 
     history = ft.train(
         model, tokenizer, dataset.train[: params.max_train], config, device,
@@ -170,7 +177,7 @@ def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, data
         after = history.evaluations[epoch]
     else:
         epoch = params.epochs
-        after = evaluation.evaluate(model, tokenizer, sets, device)
+        after = history.evaluations[-1]  # the last epoch's (always evaluated)
     trainable = ft.trainable_parameter_count(model)
     if n_senses is not None:
         save_offsets(ctx.artifact_dir, model.sense_offsets.pairs, snapshots[epoch])

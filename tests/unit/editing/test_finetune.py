@@ -186,3 +186,34 @@ def test_lora_runs_are_deterministic_per_seed(tiny_lm):
     other = _aggregate(_run(tiny_lm, seed=2, **kwargs))
     assert first["general_loss"] == again["general_loss"] and first["train_loss_final"] == again["train_loss_final"]
     assert first["train_loss_final"] != other["train_loss_final"]
+
+
+def test_the_trainable_copy_starts_as_the_unedited_model(tiny_lm):
+    # epoch 0's evaluation is the unedited model's (not evaluated again): each method's copy must give
+    # the same numbers before training (zero LoRA B, copied weights)
+    from tasks.editing.ops import evaluation
+
+    model, tokenizer = tiny_lm
+    sets = evaluation.build_eval_sets(tokenizer, data.load_dataset("facts", "val"), ["The city is old."] * 2, 64,
+                                      None, None, 16)
+    before = evaluation.evaluate(model, tokenizer, sets, torch.device("cpu"))
+    for method in ("full", "layers", "lora"):
+        copy = finetune.prepare_model(model, method, [1], 2, 8.0, 0.0, 0.5, seed=0)
+        start = evaluation.evaluate(copy, tokenizer, sets, torch.device("cpu"))
+        assert start.general_loss == before.general_loss and start.targeted_loss == before.targeted_loss, method
+        assert (start.success == before.success).all(), method
+
+
+def test_evaluate_every_thins_the_curve_not_the_result(tiny_lm):
+    # evaluations during training only feed ctx.report: fewer of them leave the run's rows unchanged
+    def run(every):
+        params = FinetuneParams(method="full", lr=3e-3, epochs=3, grad_acc_steps=1, evaluate_every=every)
+        ctx = local_context(seed=0)
+        ctx.setup = tiny_lm
+        return finetune_task(params, ctx), [r["step"] for r in ctx.reports]
+
+    (every_rows, every_steps), (none_rows, none_steps), (two_rows, two_steps) = run(1), run(0), run(2)
+    assert (every_steps, none_steps, two_steps) == ([0, 1, 2, 3], [0, 3], [0, 2, 3])
+    assert every_rows == none_rows == two_rows
+    with pytest.raises(ValueError, match="evaluate_every must be 1"):
+        FinetuneParams(league=1e-3, evaluate_every=0)
