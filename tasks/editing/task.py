@@ -71,15 +71,13 @@ def finetune(params: FinetuneParams, ctx: RunContext) -> list[dict[str, Any]]:
 
     Success on the eval set (with and without hard negatives), degradation on targeted and general text
     vs the unedited model; per-example rows (level "example") and one aggregate row (level "aggregate").
-    Without `league` the model after the last epoch is evaluated (epochs is a hyperparameter); with
-    `league` eps every epoch is evaluated and the last epoch with general loss < G_0 (1 + eps) is
-    reported, as the original's score_of_last_valid_epoch. Training evaluates (and `ctx.report`s) every
-    `evaluate_every` epochs and after the last, as the original logs every epoch; epoch 0 is the unedited
-    model's evaluation, as the copy's trainable parts start at the identity (zero LoRA B, zero offsets).
-    Methods, training and quirks: ops/finetune.py;
-    metrics: ops/evaluation.py. Method "senses" (Backpack models): sense selection on the canonical
-    examples against the KL texts as background, then trainable offsets only (ops/senses.py); the offsets
-    of the reported epoch are saved as sense_offsets.safetensors for editing.ensemble.
+    Evaluated (and `ctx.report`ed) every `evaluate_every` epochs and after the last (the original: every
+    epoch); epoch 0 is the unedited model's evaluation (the copy starts equal: zero LoRA B, zero offsets).
+    Without `league` the last epoch is reported; with `league` eps the last epoch with general loss
+    < G_0 (1 + eps), as the original's score_of_last_valid_epoch. Methods, training and quirks:
+    ops/finetune.py; metrics: ops/evaluation.py. Method "senses" (Backpack models): sense selection on the
+    canonical examples against the KL texts as background, then trainable offsets only (ops/senses.py);
+    the reported epoch's offsets are saved as sense_offsets.safetensors for editing.ensemble.
     """
     from tasks.editing import data
     from tasks.editing.ops import _arch, evaluation
@@ -161,8 +159,7 @@ def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, data
         due = epoch == params.epochs or (params.evaluate_every > 0 and epoch % params.evaluate_every == 0)
         if epoch > 0 and not due:
             return None
-        # eval mode, no random draws: numbers unchanged; epoch 0 is the unedited model, evaluated already
-        result = before if epoch == 0 else evaluation.evaluate(m, tokenizer, sets, device)
+        result = before if epoch == 0 else evaluation.evaluate(m, tokenizer, sets, device)  # no random draws
         ctx.report(step=epoch, success=float(result.success.mean()) if result.success.size else None,
                    targeted_loss=result.targeted_loss, general_loss=result.general_loss)
         return result
@@ -177,7 +174,7 @@ def _train(params: FinetuneParams, ctx: RunContext, model, base, tokenizer, data
         after = history.evaluations[epoch]
     else:
         epoch = params.epochs
-        after = history.evaluations[-1]  # the last epoch's (always evaluated)
+        after = history.evaluations[-1]  # the last epoch is always evaluated
     trainable = ft.trainable_parameter_count(model)
     if n_senses is not None:
         save_offsets(ctx.artifact_dir, model.sense_offsets.pairs, snapshots[epoch])

@@ -25,17 +25,20 @@ def stage(quickstart, name: str):
     return load_results(quickstart[0], "quickstart", name)
 
 
+@pytest.mark.slow  # the tests reading the quickstart sweep (about 6 minutes on 2 cores) are slow
 def test_every_run_succeeds(quickstart) -> None:
     # Invariant: the quickstart is green end to end.
     assert all(o.failed == 0 for o in quickstart[1]), [(o.name, o.failures[:1]) for o in quickstart[1]]
 
 
+@pytest.mark.slow
 def test_demo_surface_minimum(quickstart) -> None:
     df = stage(quickstart, "surface")
     best = df.groupby(["x", "y"]).loss.mean().idxmin()
     assert best == (1.0, -2.0)
 
 
+@pytest.mark.slow
 def test_narrow_model_has_lower_entropy_and_diversity(quickstart) -> None:
     # Invariant (issue 6): a model fine-tuned hard on a narrow text has lower next-token entropy and lower
     # output diversity than its base, at every temperature, as measured by the sweep.
@@ -46,6 +49,7 @@ def test_narrow_model_has_lower_entropy_and_diversity(quickstart) -> None:
     assert (div["tiny-gpt2-narrow"] < div["tiny-gpt2-pretrained"]).all()
 
 
+@pytest.mark.slow
 def test_attention_stays_sensitive_while_random_features_decay(quickstart) -> None:
     # Invariant (issue 3, claims C1-C2): S_rf decays with context length n; S_raf does not.
     df = stage(quickstart, "sens")
@@ -55,6 +59,7 @@ def test_attention_stays_sensitive_while_random_features_decay(quickstart) -> No
     assert (df[df.dataset == "upstream"].status == "ok").all() and set(df[df.dataset == "upstream"].layer) == {0, 2}
 
 
+@pytest.mark.slow
 def test_attributions_beat_random_on_the_planted_model(quickstart) -> None:
     # Invariant (issue 4): ReAGent and gradient methods beat a random attribution on soft sufficiency.
     df = stage(quickstart, "attribution").groupby("method")[["soft_ns", "random_soft_ns"]].mean()
@@ -62,6 +67,7 @@ def test_attributions_beat_random_on_the_planted_model(quickstart) -> None:
         assert df.loc[method, "soft_ns"] > df.loc[method, "random_soft_ns"], method
 
 
+@pytest.mark.slow
 def test_editing_val_selection_transfers_to_test(quickstart) -> None:
     # Invariant (issue 5): the best val config per method runs on the test split, named in its rows.
     val, test = stage(quickstart, "edit_val"), stage(quickstart, "edit_test")
@@ -96,6 +102,7 @@ def test_embedding_to_sensitivity_on_real_minilm_weights(tmp_path: Path) -> None
         sens.sort_values(["map", "n", "rep"]).S.reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_fact_injection_touches_only_trainable_layers(quickstart) -> None:
     # Invariant (issue 11): with only block 3 trainable, every other layer's weight change is exactly 0.
     df = stage(quickstart, "probe_inject")
