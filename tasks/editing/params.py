@@ -117,6 +117,7 @@ class CausalTraceParams(TaskParams):
     noise_seed: int = 1
     only_correct: bool = True  # the original traces only facts whose greedy first token is the target's
     answer: Literal["predicted", "expected"] = "predicted"
+    reuse_prefix: bool = True  # False: every restoration recomputes the whole prompt, as the original
 
 
 class EnsembleParams(TaskParams):

@@ -284,11 +284,11 @@ def causal_trace(params: CausalTraceParams, ctx: RunContext) -> list[dict[str, A
     )
     d = _arch.embedding(model).weight.shape[1]
     rows: list[dict[str, Any]] = []
+    options = params.model_dump(include={"sites", "window", "samples", "noise_seed", "answer", "only_correct",
+                                         "reuse_prefix"})
     for i in indices:
         fact = facts[i]
-        rows += trace.fact_rows(model, tokenizer, i, fact.prompt, fact.subject, fact.target, scale, d,
-                                sites=params.sites, window=params.window, samples=params.samples,
-                                noise_seed=params.noise_seed, answer=params.answer, only_correct=params.only_correct)
+        rows += trace.fact_rows(model, tokenizer, i, fact.prompt, fact.subject, fact.target, scale, d, **options)
     return uniform_rows(rows)
 
 

@@ -12,20 +12,26 @@ from orchestrator.store import load_results
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def test_model_loaded_once_per_actor_and_key(write_spec, tmp_path: Path) -> None:
-    # Invariant: 60 runs over 2 models cost at most one load per (actor, model), and each run is served
-    # by the model it asked for.
-    spec = write_spec("""\
+def run_lookups(write_spec, tmp_path: Path, params: str):
+    """Run a `demo.lookup` stage with `params` (YAML flow) on 2 one-CPU workers: (outcome, its rows)."""
+    spec = write_spec(f"""\
         name: reuse
         stages:
           s:
             task: demo.lookup
-            resources: {num_cpus: 1}
+            resources: {{num_cpus: 1}}
             max_workers: 2
-            params: {model: {grid: [alpha, beta]}, i: {range: [0, 30]}, load_seconds: 0.3}
+            params: {params}
     """)
     outcome, = run_spec(spec, str(tmp_path / "r"))
-    df = load_results(str(tmp_path / "r"), "reuse", "s")
+    return outcome, load_results(str(tmp_path / "r"), "reuse", "s")
+
+
+def test_model_loaded_once_per_actor_and_key(write_spec, tmp_path: Path) -> None:
+    # Invariant: 60 runs over 2 models cost at most one load per (actor, model), and each run is served
+    # by the model it asked for.
+    outcome, df = run_lookups(write_spec, tmp_path, "{model: {grid: [alpha, beta]}, i: {range: [0, 30]}, "
+                                                    "load_seconds: 0.3}")
     assert len(df) == 60 and (df.status == "ok").all()
     assert (df.served_by == df.model).all()
     distinct_loads = df.groupby(["pid", "model"]).loaded_at.nunique()
@@ -37,17 +43,7 @@ def test_model_loaded_once_per_actor_and_key(write_spec, tmp_path: Path) -> None
 def test_few_long_runs_of_one_model_use_every_slot(write_spec, tmp_path: Path) -> None:
     # Invariant: two runs of one model on two slots run side by side on two actors, not queued behind
     # each other on the first actor (a stage of a few long real-model runs would otherwise run serially).
-    spec = write_spec("""\
-        name: pair
-        stages:
-          s:
-            task: demo.lookup
-            resources: {num_cpus: 1}
-            max_workers: 2
-            params: {model: alpha, i: {range: [0, 2]}, run_seconds: 2.0}
-    """)
-    run_spec(spec, str(tmp_path / "r"))
-    df = load_results(str(tmp_path / "r"), "pair", "s")
+    _, df = run_lookups(write_spec, tmp_path, "{model: alpha, i: {range: [0, 2]}, run_seconds: 2.0}")
     assert len(df) == 2 and (df.status == "ok").all()
     assert df.pid.nunique() == 2, df[["i", "pid", "started_at"]]
     first, second = sorted(df.started_at)

@@ -130,3 +130,22 @@ def test_only_correct_facts_are_traced_by_default(planted):
     assert rows[-1]["traced"] and rows[-1]["answer_token"].strip() == wrong
     with pytest.raises(ValueError, match="site"):
         CausalTraceParams(sites=["embed"])
+
+
+@pytest.mark.parametrize("site, window", [("hidden", 1), ("mlp", 2), ("attn", 3)])
+def test_reusing_the_corrupted_prefix_gives_the_full_forwards_numbers(planted, tiny_lm, site, window):
+    # restorations from token t run positions t.. on the corrupted run's cached keys / values of ..t:
+    # the grid equals the one of full forwards (the original's way) to float rounding, on the planted
+    # model and on a tiny GPT-2 with working attention everywhere, subject in the middle of the prompt
+    for model, tokenizer, text, subject in ((planted.model, planted.tokenizer, "the ann n1 lives in", (1, 3)),
+                                            (*tiny_lm, "The Eiffel Tower is located in the city of", (1, 4))):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        inp = trace.TraceInput(ids, subject, 5)
+        noise = trace.make_noise(4, subject[1] - subject[0], model.config.n_embd, 0.5, seed=1, device="cpu")
+        assert trace.takes_cache(model)
+        fast = trace.trace_grid(model, inp, site, noise, window=window)
+        full = trace.trace_grid(model, inp, site, noise, window=window, reuse_prefix=False)
+        torch.testing.assert_close(fast[0], full[0], rtol=1e-4, atol=1e-7)
+        assert fast[1:] == full[1:]
+        before = fast[0][: subject[0]]  # tokens before the subject are never corrupted: restoring them is a no-op
+        torch.testing.assert_close(before, torch.full_like(before, full[2]), rtol=1e-4, atol=1e-7)
