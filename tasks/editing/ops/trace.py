@@ -17,8 +17,9 @@ output at one token and measure the probability of the clean answer.
   without restoration; restored grid r[t, l] = mean over noisy rows with the site restored at (t, l).
 Simplification: the clean run is a separate forward (the original puts it in row 0 of the same batch).
 Speed (`reuse_prefix`, on by default for models that take a key/value cache): restoring token t leaves
-positions before t as in the corrupted run, so their keys and values are computed once per t and each
-restoration runs positions t.. only (about half the work; equal to the full forward to float rounding).
+positions before t as in the corrupted run, so their keys and values are computed once per t and the
+restorations at t (every layer) run positions t.. only, batched into few forwards; equal to the
+original's one full forward per restoration to float rounding (`reuse_prefix=False`).
 """
 
 from __future__ import annotations
@@ -132,22 +133,13 @@ def patched_probability(
     noise: (samples, n_subject_tokens, d) added to the subject's token embeddings. `restore` empty gives
     the corrupted baseline.
     """
-    return _patched(model, inp, noise, site, restore, clean, offset=0, past=None)
-
-
-def _patched(model, inp: TraceInput, noise: torch.Tensor, site: str, restore: Sequence[tuple[int, int]],
-             clean: dict[int, torch.Tensor], offset: int, past: lm.KV | None) -> float:
-    """`patched_probability` on positions offset.. of the prompt, the earlier ones' keys and values in
-    `past` (those of the corrupted run on positions ..offset; not changed here)."""
     samples = noise.shape[0]
     start, end = inp.subject_range
-    batch = inp.input_ids[:, offset:].repeat(samples, 1)
-    first = max(start, offset)  # the subject tokens in this forward: first..end
+    batch = inp.input_ids.repeat(samples, 1)
 
-    def corrupt(module, args, output):  # (samples, seq - offset, d)
+    def corrupt(module, args, output):  # (samples, seq, d)
         output = output.clone()
-        if first < end:
-            output[:, first - offset:end - offset] += noise[:, first - start:].to(output.dtype)
+        output[:, start:end] += noise.to(output.dtype)
         return output
 
     by_layer: dict[int, list[int]] = {}
@@ -156,11 +148,10 @@ def _patched(model, inp: TraceInput, noise: torch.Tensor, site: str, restore: Se
 
     def restorer(layer):
         tokens = by_layer[layer]
-        here = [t - offset for t in tokens]
 
         def hook(module, args, output):
             hidden = _first(output).clone()
-            hidden[:, here] = clean[layer][tokens].to(hidden.dtype)
+            hidden[:, tokens] = clean[layer][tokens].to(hidden.dtype)
             return _replace_first(output, hidden)
 
         return hook
@@ -168,12 +159,58 @@ def _patched(model, inp: TraceInput, noise: torch.Tensor, site: str, restore: Se
     pairs = [(_arch.embedding(model), corrupt)]
     pairs += [(site_module(model, site, layer), restorer(layer)) for layer in by_layer]
     with _hooks(pairs):
-        if past is None:
-            logits = model(input_ids=batch).logits[:, -1]
-        else:
-            logits = lm.last_logits(model, torch.full((samples,), batch.shape[1] - 1), input_ids=batch, past=past)
-    probs = logits.float().softmax(-1)  # (samples, vocab)
+        probs = model(input_ids=batch).logits[:, -1].float().softmax(-1)  # (samples, vocab)
     return float(probs[:, inp.answer_id].mean())
+
+
+ROWS_PER_FORWARD = 4096  # token positions in one batched forward of restorations (rows x positions)
+
+
+@torch.no_grad()
+def restored_probabilities(model, inp: TraceInput, noise: torch.Tensor, site: str,
+                           restores: Sequence[Sequence[tuple[int, int]]], clean: dict[int, torch.Tensor],
+                           offset: int, past: lm.KV | None) -> list[float]:
+    """`patched_probability` of each restore set, all in one forward of positions offset.. of the prompt.
+
+    Rows are (restore set, noise sample); `past` holds the keys and values of the corrupted run on
+    positions ..offset (`corrupted_prefix`), which no restoration at offset or later changes."""
+    samples, groups = noise.shape[0], len(restores)
+    start, end = inp.subject_range
+    batch = inp.input_ids[:, offset:].repeat(samples * groups, 1)
+    first = max(start, offset)  # the subject tokens in this forward: first..end
+    tiled = noise.repeat(groups, 1, 1)
+
+    def corrupt(module, args, output):  # (rows, seq - offset, d)
+        output = output.clone()
+        if first < end:
+            output[:, first - offset:end - offset] += tiled[:, first - start:].to(output.dtype)
+        return output
+
+    by_layer: dict[int, dict[int, list[int]]] = {}  # layer -> restore set -> tokens
+    for g, restore in enumerate(restores):
+        for token, layer in restore:
+            by_layer.setdefault(layer, {}).setdefault(g, []).append(token)
+
+    def restorer(layer):
+        plan = by_layer[layer]
+
+        def hook(module, args, output):
+            hidden = _first(output).clone()
+            for g, tokens in plan.items():
+                hidden[g * samples:(g + 1) * samples, [t - offset for t in tokens]] = (
+                    clean[layer][tokens].to(hidden.dtype))
+            return _replace_first(output, hidden)
+
+        return hook
+
+    pairs = [(_arch.embedding(model), corrupt)]
+    pairs += [(site_module(model, site, layer), restorer(layer)) for layer in by_layer]
+    tiled_past = None if past is None else [(k.repeat(groups, 1, 1, 1), v.repeat(groups, 1, 1, 1)) for k, v in past]
+    last = torch.full((samples * groups,), batch.shape[1] - 1, device=batch.device)
+    with _hooks(pairs):
+        logits = lm.last_logits(model, last, input_ids=batch, past=tiled_past)
+    probs = logits.float().softmax(-1)[:, inp.answer_id].view(groups, samples)
+    return [float(p.mean()) for p in probs]
 
 
 def takes_cache(model) -> bool:
@@ -213,7 +250,8 @@ def trace_grid(
     """Restored probabilities r (seq, L) for every (token, centre layer), plus (p_clean, p_corrupted).
 
     reuse_prefix (for models that take a cache): positions before the restored token come from one
-    corrupted forward per token instead of being recomputed for every layer."""
+    corrupted forward per token instead of being recomputed for every layer, and the restorations of
+    one token share batched forwards (`restored_probabilities`)."""
     n_layers = _arch.n_layers(model)
     p_clean, clean, _ = clean_run(model, inp, site)
     p_corrupted = patched_probability(model, inp, noise, site, [], clean)
@@ -221,11 +259,17 @@ def trace_grid(
     reuse = reuse_prefix and takes_cache(model)
     grid = torch.full((seq, n_layers), float("nan"))
     for t in tokens if tokens is not None else range(seq):
-        past = corrupted_prefix(model, inp, noise, t) if reuse and t > 0 else None
-        for layer in range(n_layers):
-            restore = [(t, near) for near in window_layers(layer, window, n_layers)]
-            grid[t, layer] = _patched(model, inp, noise, site, restore, clean, offset=t if past is not None else 0,
-                                      past=past)
+        restores = [[(t, near) for near in window_layers(layer, window, n_layers)] for layer in range(n_layers)]
+        if not reuse:
+            for layer, restore in enumerate(restores):
+                grid[t, layer] = patched_probability(model, inp, noise, site, restore, clean)
+            continue
+        past = corrupted_prefix(model, inp, noise, t) if t > 0 else None
+        per_forward = max(1, ROWS_PER_FORWARD // (noise.shape[0] * (seq - t)))
+        for first in range(0, n_layers, per_forward):
+            chunk = restores[first:first + per_forward]
+            grid[t, first:first + len(chunk)] = torch.tensor(
+                restored_probabilities(model, inp, noise, site, chunk, clean, t, past))
     return grid, p_clean, p_corrupted
 
 
