@@ -232,7 +232,7 @@ def corrupted_prefix(model, inp: TraceInput, noise: torch.Tensor, length: int) -
 
     samples = noise.shape[0]
     with _hooks([(_arch.embedding(model), corrupt)]):
-        _, past = lm.last_logits_and_kv(model, torch.full((samples,), length - 1),
+        _, past = lm.last_logits_and_kv(model, torch.full((samples,), length - 1, device=inp.input_ids.device),
                                         inp.input_ids[:, :length].repeat(samples, 1))
     return past
 
