@@ -119,6 +119,21 @@ def make_noise(samples: int, n_tokens: int, d: int, scale: float, seed: int, dev
     return (torch.randn(samples, n_tokens, d, generator=generator) * scale).to(device)
 
 
+def _corrupter(noise: torch.Tensor, subject_range: tuple[int, int], offset: int):
+    """A forward hook on the token embeddings of prompt positions offset.. (rows of `noise`): adds the
+    subject tokens' noise (rows, n_subject_tokens, d) to those of them in the forward."""
+    start, end = subject_range
+
+    def corrupt(module, args, output):  # (rows, positions, d)
+        output = output.clone()
+        first, last = max(start, offset), min(end, offset + output.shape[1])
+        if first < last:
+            output[:, first - offset:last - offset] += noise[:, first - start:last - start].to(output.dtype)
+        return output
+
+    return corrupt
+
+
 @torch.no_grad()
 def patched_probability(
     model,
@@ -134,14 +149,7 @@ def patched_probability(
     the corrupted baseline.
     """
     samples = noise.shape[0]
-    start, end = inp.subject_range
     batch = inp.input_ids.repeat(samples, 1)
-
-    def corrupt(module, args, output):  # (samples, seq, d)
-        output = output.clone()
-        output[:, start:end] += noise.to(output.dtype)
-        return output
-
     by_layer: dict[int, list[int]] = {}
     for token, layer in restore:
         by_layer.setdefault(layer, []).append(token)
@@ -156,7 +164,7 @@ def patched_probability(
 
         return hook
 
-    pairs = [(_arch.embedding(model), corrupt)]
+    pairs = [(_arch.embedding(model), _corrupter(noise, inp.subject_range, 0))]
     pairs += [(site_module(model, site, layer), restorer(layer)) for layer in by_layer]
     with _hooks(pairs):
         probs = model(input_ids=batch).logits[:, -1].float().softmax(-1)  # (samples, vocab)
@@ -175,17 +183,7 @@ def restored_probabilities(model, inp: TraceInput, noise: torch.Tensor, site: st
     Rows are (restore set, noise sample); `past` holds the keys and values of the corrupted run on
     positions ..offset (`corrupted_prefix`), which no restoration at offset or later changes."""
     samples, groups = noise.shape[0], len(restores)
-    start, end = inp.subject_range
     batch = inp.input_ids[:, offset:].repeat(samples * groups, 1)
-    first = max(start, offset)  # the subject tokens in this forward: first..end
-    tiled = noise.repeat(groups, 1, 1)
-
-    def corrupt(module, args, output):  # (rows, seq - offset, d)
-        output = output.clone()
-        if first < end:
-            output[:, first - offset:end - offset] += tiled[:, first - start:].to(output.dtype)
-        return output
-
     by_layer: dict[int, dict[int, list[int]]] = {}  # layer -> restore set -> tokens
     for g, restore in enumerate(restores):
         for token, layer in restore:
@@ -203,7 +201,7 @@ def restored_probabilities(model, inp: TraceInput, noise: torch.Tensor, site: st
 
         return hook
 
-    pairs = [(_arch.embedding(model), corrupt)]
+    pairs = [(_arch.embedding(model), _corrupter(noise.repeat(groups, 1, 1), inp.subject_range, offset))]
     pairs += [(site_module(model, site, layer), restorer(layer)) for layer in by_layer]
     tiled_past = None if past is None else [(k.repeat(groups, 1, 1, 1), v.repeat(groups, 1, 1, 1)) for k, v in past]
     last = torch.full((samples * groups,), batch.shape[1] - 1, device=batch.device)
@@ -221,17 +219,8 @@ def takes_cache(model) -> bool:
 @torch.no_grad()
 def corrupted_prefix(model, inp: TraceInput, noise: torch.Tensor, length: int) -> lm.KV:
     """Every layer's keys and values of the corrupted run on the prompt's first `length` positions."""
-    start, end = inp.subject_range
-    upto = min(end, length)
-
-    def corrupt(module, args, output):
-        output = output.clone()
-        if start < upto:
-            output[:, start:upto] += noise[:, : upto - start].to(output.dtype)
-        return output
-
     samples = noise.shape[0]
-    with _hooks([(_arch.embedding(model), corrupt)]):
+    with _hooks([(_arch.embedding(model), _corrupter(noise, inp.subject_range, 0))]):
         _, past = lm.last_logits_and_kv(model, torch.full((samples,), length - 1, device=inp.input_ids.device),
                                         inp.input_ids[:, :length].repeat(samples, 1))
     return past
